@@ -1,0 +1,356 @@
+//! HTTP: `POST /alertinfo`, health, readiness and metrics, on `may_minihttp`.
+//!
+//! This module maps outcomes to status codes and does nothing else. Our status codes are part
+//! of the delivery contract: Alertmanager retries 5xx and network errors but never a 4xx, so a
+//! 4xx means "this body can never succeed" and a 503 means "keep it and try again".
+//!
+//! `may_minihttp` 0.1.11 is built for benchmarks and trusts its input. Its known sharp edges
+//! and how we guard them from our side:
+//! - `Request::body()` unwraps the Content-Length parse: we validate Content-Length ourselves
+//!   and only call `body()` with a valid one.
+//! - Bytes of a body we did not read would be parsed as the next request, and an error there
+//!   drops the connection before our answer is written: every body is either read, discarded
+//!   through `body()`, or the answer is written straight to the socket and the connection shut.
+
+use std::io::{self, Read};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use may_minihttp::{HttpService, HttpServiceFactory, Request, Response};
+use serde_json::json;
+
+use crate::config::TzOffset;
+use crate::intake::{self, Rejected};
+use crate::metrics;
+use crate::outbox::{EnqueueError, Enqueued, Outbox};
+
+/// Bodies above `--max-body` but at most this big are read and thrown away so the client gets
+/// a clean 413 on a healthy connection; anything larger gets its answer and a closed socket.
+const DISCARD_LIMIT_BYTES: u64 = 64 << 20;
+
+/// Everything request handling needs, shared by all connections.
+pub struct App {
+    pub outbox: Arc<Outbox>,
+    pub robot: String,
+    pub tz: TzOffset,
+    pub max_body_bytes: u64,
+    /// Cleared on SIGTERM: `/alertinfo` answers 503 and readiness fails.
+    pub accepting: AtomicBool,
+}
+
+pub struct Factory {
+    pub app: Arc<App>,
+}
+
+impl HttpServiceFactory for Factory {
+    type Service = Conn;
+
+    /// may_minihttp passes the socket's fd as the id; we keep it to answer and close directly.
+    fn new_service(&self, id: usize) -> Conn {
+        Conn { app: Arc::clone(&self.app), fd: RawFd::try_from(id).unwrap_or(-1), closed: false }
+    }
+}
+
+/// One connection. Lives exactly as long as its connection.
+pub struct Conn {
+    app: Arc<App>,
+    fd: RawFd,
+    /// Set once we shut the socket: bytes may_minihttp still holds must not become requests.
+    closed: bool,
+}
+
+/// An answer: status, reason phrase, extra headers and a one-line JSON body.
+struct Reply {
+    code: usize,
+    reason: &'static str,
+    headers: &'static [&'static str],
+    body: String,
+}
+
+fn reply(code: usize, reason: &'static str, body: serde_json::Value) -> Reply {
+    Reply { code, reason, headers: &[], body: body.to_string() }
+}
+
+fn error(code: usize, reason: &'static str, metric: &'static str, message: &str) -> Reply {
+    metrics::request_rejected(metric);
+    reply(code, reason, json!({ "error": message }))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Intake,
+    Healthy,
+    Ready,
+    Metrics,
+    Unknown,
+}
+
+impl Route {
+    fn of(target: &str) -> Route {
+        match target.split('?').next().unwrap_or("") {
+            "/alertinfo" | "/alertinfo/" => Route::Intake,
+            "/healthz" | "/-/healthy" => Route::Healthy,
+            "/-/ready" => Route::Ready,
+            "/metrics" => Route::Metrics,
+            _ => Route::Unknown,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Post,
+    Other,
+}
+
+impl Method {
+    fn of(method: &str) -> Method {
+        match method {
+            "GET" | "HEAD" => Method::Get,
+            "POST" => Method::Post,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// How the request's body is framed.
+enum Framing {
+    Length(u64),
+    Missing,
+    Invalid(&'static str),
+}
+
+fn framing(req: &Request) -> Framing {
+    let mut length: Option<u64> = None;
+    for h in req.headers() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Framing::Invalid("transfer-encoding is not supported; send Content-Length");
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let parsed = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok());
+            match (parsed, length) {
+                (None, _) => return Framing::Invalid("invalid Content-Length"),
+                (Some(n), Some(prev)) if n != prev => {
+                    return Framing::Invalid("conflicting Content-Length headers")
+                }
+                (Some(n), _) => length = Some(n),
+            }
+        }
+    }
+    length.map_or(Framing::Missing, Framing::Length)
+}
+
+impl HttpService for Conn {
+    fn call(&mut self, req: Request, rsp: &mut Response) -> io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let route = Route::of(req.path());
+        let method = Method::of(req.method());
+        let wants_body = route == Route::Intake && method == Method::Post;
+
+        let length = match framing(&req) {
+            Framing::Invalid(why) => {
+                let r = error(400, "Bad Request", "bad_framing", why);
+                return self.answer_and_close(rsp, r);
+            }
+            Framing::Missing if wants_body => {
+                let r = error(411, "Length Required", "no_length", "Content-Length is required");
+                return self.answer_and_close(rsp, r);
+            }
+            Framing::Missing => 0,
+            Framing::Length(n) => n,
+        };
+
+        if !wants_body || length > self.app.max_body_bytes {
+            let too_big = wants_body;
+            if length > DISCARD_LIMIT_BYTES {
+                let r = if too_big {
+                    error(413, "Payload Too Large", "too_large", "body exceeds --max-body")
+                } else {
+                    self.route(method, route)
+                };
+                return self.answer_and_close(rsp, r);
+            }
+            // Read and throw away whatever body came along, in small steps, never keeping it.
+            let discarded = io::copy(&mut req.body().take(length), &mut io::sink());
+            if discarded.map_or(true, |n| n < length) {
+                self.close();
+                return Ok(());
+            }
+            let r = if too_big {
+                error(413, "Payload Too Large", "too_large", "body exceeds --max-body")
+            } else {
+                self.route(method, route)
+            };
+            write_reply(rsp, r);
+            return Ok(());
+        }
+
+        // `length` is within --max-body here, so this allocation is bounded.
+        let mut body = Vec::with_capacity(length as usize);
+        let read = req.body().take(length).read_to_end(&mut body);
+        if read.map_or(true, |n| (n as u64) < length) {
+            // The client went away (or was cut off) mid-body: nobody is left to answer.
+            metrics::request_rejected("short_body");
+            self.close();
+            return Ok(());
+        }
+        let r = self.intake(&body);
+        write_reply(rsp, r);
+        Ok(())
+    }
+}
+
+impl Conn {
+    fn route(&self, method: Method, route: Route) -> Reply {
+        let get = method == Method::Get;
+        match route {
+            Route::Intake => {
+                let mut r = error(405, "Method Not Allowed", "bad_method", "use POST");
+                r.headers = &["Allow: POST"];
+                r
+            }
+            Route::Healthy if get => reply(200, "OK", json!({"status": "ok"})),
+            Route::Ready if get => {
+                let stats = self.app.outbox.stats();
+                if !self.app.accepting.load(Ordering::Relaxed) {
+                    reply(503, "Service Unavailable", json!({"status": "shutting down"}))
+                } else if stats.full {
+                    reply(503, "Service Unavailable", json!({"status": "outbox full"}))
+                } else {
+                    reply(200, "OK", json!({"status": "ready"}))
+                }
+            }
+            Route::Metrics if get => {
+                let s = self.app.outbox.stats();
+                let gauges = [metrics::Gauges {
+                    robot: self.app.robot.clone(),
+                    messages: s.messages,
+                    bytes: s.bytes,
+                    oldest_age: s.oldest_age,
+                }];
+                Reply {
+                    code: 200,
+                    reason: "OK",
+                    headers: &["Content-Type: text/plain; version=0.0.4; charset=utf-8"],
+                    body: metrics::render(&gauges),
+                }
+            }
+            Route::Healthy | Route::Ready | Route::Metrics => {
+                let mut r = error(405, "Method Not Allowed", "bad_method", "use GET");
+                r.headers = &["Allow: GET, HEAD"];
+                r
+            }
+            Route::Unknown => error(
+                404,
+                "Not Found",
+                "not_found",
+                "no such path; Alertmanager posts to /alertinfo",
+            ),
+        }
+    }
+
+    fn intake(&self, body: &[u8]) -> Reply {
+        if !self.app.accepting.load(Ordering::Relaxed) {
+            return unavailable(&EnqueueError::ShuttingDown, "shutting_down");
+        }
+        match intake::accept(body, self.app.tz, &self.app.outbox) {
+            Ok(Enqueued::Queued { id, .. }) => {
+                reply(200, "OK", json!({"status": "queued", "id": id}))
+            }
+            Ok(Enqueued::Duplicate) => reply(200, "OK", json!({"status": "duplicate"})),
+            Err(Rejected::BadPayload(reason)) => {
+                log::warn!("notification rejected reason={reason:?}");
+                error(400, "Bad Request", "bad_payload", &reason)
+            }
+            Err(Rejected::Unavailable(e)) => {
+                let metric = match e {
+                    EnqueueError::Full => "outbox_full",
+                    EnqueueError::ShuttingDown => "shutting_down",
+                    EnqueueError::Disk(_) => "disk_error",
+                };
+                if let EnqueueError::Disk(err) = &e {
+                    log::error!("notification not accepted: {err}");
+                } else {
+                    log::warn!("notification not accepted: {e}");
+                }
+                unavailable(&e, metric)
+            }
+        }
+    }
+
+    /// Writes the answer straight to the socket and shuts it, for requests whose remaining
+    /// bytes we cannot or will not read. may_minihttp then finds the socket closed and drops
+    /// the connection; its own copy of the answer goes nowhere.
+    fn answer_and_close(&mut self, rsp: &mut Response, r: Reply) -> io::Result<()> {
+        let mut raw =
+            format!("HTTP/1.1 {} {}\r\nContent-Type: application/json\r\n", r.code, r.reason);
+        for h in r.headers {
+            raw.push_str(h);
+            raw.push_str("\r\n");
+        }
+        raw.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n{}\n",
+            r.body.len() + 1,
+            r.body
+        ));
+        if self.fd >= 0 {
+            // SAFETY: `fd` is this connection's socket, open for as long as this `Conn` lives
+            // (may_minihttp drops the service before the stream). A short or failed write only
+            // loses the answer to a client that is misbehaving anyway.
+            unsafe {
+                libc::send(
+                    self.fd,
+                    raw.as_ptr().cast(),
+                    raw.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                );
+            }
+        }
+        self.close();
+        rsp.status_code(r.code, r.reason);
+        Ok(())
+    }
+
+    /// Shuts the socket both ways; the connection loop then ends on its next read or write.
+    fn close(&mut self) {
+        self.closed = true;
+        if self.fd >= 0 {
+            // SAFETY: see `answer_and_close`; shutdown never invalidates the fd itself.
+            unsafe {
+                libc::shutdown(self.fd, libc::SHUT_RDWR);
+            }
+        }
+    }
+}
+
+fn unavailable(e: &EnqueueError, metric: &'static str) -> Reply {
+    metrics::request_rejected(metric);
+    Reply {
+        code: 503,
+        reason: "Service Unavailable",
+        // Alertmanager ignores Retry-After and uses its own backoff; other senders may not.
+        headers: &["Retry-After: 30"],
+        body: json!({ "error": e.to_string() }).to_string(),
+    }
+}
+
+fn write_reply(rsp: &mut Response, r: Reply) {
+    rsp.status_code(r.code, r.reason);
+    if !r.headers.iter().any(|h| h.starts_with("Content-Type")) {
+        rsp.header("Content-Type: application/json");
+    }
+    for h in r.headers {
+        rsp.header(h);
+    }
+    let mut body = r.body.into_bytes();
+    body.push(b'\n');
+    rsp.body_vec(body);
+}

@@ -1,0 +1,283 @@
+//! The WeCom group-robot client: build one request, send it, classify the answer.
+//!
+//! WeCom answers HTTP 200 even for errors, with `{"errcode":N,"errmsg":"…"}` in the body, so
+//! every answer is parsed. Whether a failure is worth retrying is decided here, where the
+//! failure is understood ([`SendError::class`], after Alertmanager's `Retrier.Check`); the
+//! outbox only carries that decision out.
+//! <https://developer.work.weixin.qq.com/document/path/91770>
+//!
+//! The webhook URL (which holds the key) is only ever used as the request target: errors from
+//! attohttpc carry no URL, redirects are not followed (a redirect would carry the key to another
+//! host), and attohttpc's own debug logging, which prints the URL, is muted in `main`.
+//!
+//! Knows nothing of queues, Alertmanager or retry counts. Blocking: call from OS threads only.
+
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use serde_json::{json, Value};
+
+use crate::config::WebhookUrl;
+
+/// We never need more of an answer than this; a hostile or broken server cannot make us buffer more.
+const MAX_ANSWER_BYTES: u64 = 64 * 1024;
+
+/// What the caller should do about a failed send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Transient: back off and try again.
+    Retry,
+    /// WeCom's per-robot budget is spent: wait for the window to pass, then try again.
+    RateLimited,
+    /// Retrying cannot help (bad key, content rejected): log, count, drop.
+    Permanent,
+}
+
+impl Class {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Retry => "retry",
+            Class::RateLimited => "rate_limited",
+            Class::Permanent => "permanent",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum SendError {
+    /// Connect, TLS or I/O failure before an answer arrived.
+    Transport(String),
+    Timeout,
+    /// A non-200 HTTP status.
+    Http(u16),
+    /// HTTP 200 but not the JSON WeCom sends.
+    Garbled(String),
+    /// WeCom's own error code.
+    Api {
+        errcode: i64,
+        errmsg: String,
+    },
+}
+
+impl SendError {
+    pub fn class(&self) -> Class {
+        match self {
+            SendError::Transport(_) | SendError::Timeout | SendError::Garbled(_) => Class::Retry,
+            SendError::Http(429) => Class::RateLimited,
+            SendError::Http(408) => Class::Retry,
+            SendError::Http(code) if *code >= 500 => Class::Retry,
+            SendError::Http(_) => Class::Permanent,
+            SendError::Api { errcode, .. } => classify_errcode(*errcode),
+        }
+    }
+
+    /// The errcode for logs and metrics; `None` when WeCom did not answer with one.
+    pub fn errcode(&self) -> Option<i64> {
+        match self {
+            SendError::Api { errcode, .. } => Some(*errcode),
+            _ => None,
+        }
+    }
+
+    /// A short fixed word for metric labels (never free text).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SendError::Transport(_) => "network",
+            SendError::Timeout => "timeout",
+            SendError::Http(code) if *code >= 500 => "http_5xx",
+            SendError::Http(_) => "http_4xx",
+            SendError::Garbled(_) => "garbled",
+            SendError::Api { .. } => "errcode",
+        }
+    }
+}
+
+/// WeCom's errcodes → what to do. Codes: -1 system busy, 45009 API freq out of limit,
+/// 45033 too many concurrent calls, 42001 token expired (Alertmanager's wechat notifier retries
+/// it), 93000 invalid webhook URL, 40058 content invalid or too long.
+pub fn classify_errcode(errcode: i64) -> Class {
+    match errcode {
+        -1 | 45033 | 42001 => Class::Retry,
+        45009 => Class::RateLimited,
+        _ => Class::Permanent,
+    }
+}
+
+/// A human hint for an errcode, for logs and `send-test`.
+pub fn hint(errcode: i64) -> Option<&'static str> {
+    Some(match errcode {
+        93000 => "the key is wrong or the robot was removed from its group",
+        45009 => "rate limited: WeCom allows 20 messages per minute per robot",
+        40058 => "WeCom rejected the content (too long or malformed)",
+        -1 => "WeCom is busy, will retry",
+        45033 => "too many concurrent calls, will retry",
+        _ => return None,
+    })
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            SendError::Transport(e) => write!(f, "sending to wecom: {e}"),
+            SendError::Timeout => write!(f, "sending to wecom: timed out"),
+            SendError::Http(code) => write!(f, "sending to wecom: http status {code}"),
+            SendError::Garbled(e) => write!(f, "reading wecom answer: {e}"),
+            SendError::Api { errcode, errmsg } => {
+                write!(f, "wecom answered errcode {errcode}: {errmsg}")?;
+                if let Some(h) = hint(*errcode) {
+                    write!(f, " ({h})")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// The JSON body of a markdown message.
+pub fn markdown_body(content: &str) -> String {
+    json!({"msgtype": "markdown", "markdown": {"content": content}}).to_string()
+}
+
+/// Connection settings shared by every send.
+pub struct Client {
+    timeout: Duration,
+    extra_roots: Vec<CertificateDer<'static>>,
+}
+
+impl Client {
+    pub fn new(timeout: Duration, ca_file: Option<&Path>) -> Result<Client, String> {
+        let mut extra_roots = Vec::new();
+        if let Some(path) = ca_file {
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("reading --ca-file {}: {e}", path.display()))?
+            {
+                extra_roots
+                    .push(cert.map_err(|e| format!("reading --ca-file {}: {e}", path.display()))?);
+            }
+            if extra_roots.is_empty() {
+                return Err(format!("reading --ca-file {}: no certificates found", path.display()));
+            }
+        }
+        Ok(Client { timeout, extra_roots })
+    }
+
+    /// Posts one JSON body. Ok means WeCom answered errcode 0. Returns the time taken too.
+    pub fn send(&self, url: &WebhookUrl, json_body: &str) -> (Result<(), SendError>, Duration) {
+        let started = Instant::now();
+        let result = self.send_inner(url, json_body);
+        (result, started.elapsed())
+    }
+
+    fn send_inner(&self, url: &WebhookUrl, json_body: &str) -> Result<(), SendError> {
+        let mut req = attohttpc::post(url.expose())
+            .header("Content-Type", "application/json")
+            .header("User-Agent", concat!("weixin-robot/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(self.timeout)
+            .read_timeout(self.timeout)
+            .timeout(self.timeout)
+            .follow_redirects(false)
+            .text(json_body);
+        for cert in &self.extra_roots {
+            req = req.add_root_certificate(cert.clone());
+        }
+        let resp = req.send().map_err(transport_error)?;
+        let status = resp.status().as_u16();
+        let (_, _, reader) = resp.split();
+        let mut body = Vec::new();
+        reader.take(MAX_ANSWER_BYTES).read_to_end(&mut body).map_err(|e| {
+            if is_timeout(&e) {
+                SendError::Timeout
+            } else {
+                SendError::Transport(format!("reading answer: {e}"))
+            }
+        })?;
+        if status != 200 {
+            return Err(SendError::Http(status));
+        }
+        parse_answer(&body)
+    }
+}
+
+/// Reads `{"errcode":N,"errmsg":"…"}`.
+pub fn parse_answer(body: &[u8]) -> Result<(), SendError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| SendError::Garbled(format!("answer is not JSON: {e}")))?;
+    let errcode = value
+        .get("errcode")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| SendError::Garbled("answer has no errcode".into()))?;
+    if errcode == 0 {
+        return Ok(());
+    }
+    let errmsg = value.get("errmsg").and_then(Value::as_str).unwrap_or("").to_string();
+    // errmsg sometimes echoes a hint URL; it never contains the key, but keep it short.
+    let errmsg: String = errmsg.chars().take(200).collect();
+    Err(SendError::Api { errcode, errmsg })
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
+}
+
+fn transport_error(e: attohttpc::Error) -> SendError {
+    if let attohttpc::ErrorKind::Io(io) = e.kind() {
+        if is_timeout(io) {
+            return SendError::Timeout;
+        }
+    }
+    SendError::Transport(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errcode_table() {
+        let cases: &[(&[u8], Option<Class>)] = &[
+            (br#"{"errcode":0,"errmsg":"ok"}"#, None),
+            (br#"{"errcode":45009,"errmsg":"api freq out of limit"}"#, Some(Class::RateLimited)),
+            (br#"{"errcode":-1,"errmsg":"system busy"}"#, Some(Class::Retry)),
+            (br#"{"errcode":45033,"errmsg":"x"}"#, Some(Class::Retry)),
+            (br#"{"errcode":93000,"errmsg":"invalid webhook url"}"#, Some(Class::Permanent)),
+            (br#"{"errcode":40058,"errmsg":"too long"}"#, Some(Class::Permanent)),
+            (br#"{"errcode":12345}"#, Some(Class::Permanent)),
+            (b"<html>gateway</html>", Some(Class::Retry)),
+            (br#"{"ok":true}"#, Some(Class::Retry)),
+        ];
+        for (body, want) in cases {
+            let got = parse_answer(body).err().map(|e| e.class());
+            assert_eq!(got, *want, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn http_status_table() {
+        assert_eq!(SendError::Http(500).class(), Class::Retry);
+        assert_eq!(SendError::Http(503).class(), Class::Retry);
+        assert_eq!(SendError::Http(429).class(), Class::RateLimited);
+        assert_eq!(SendError::Http(404).class(), Class::Permanent);
+        assert_eq!(SendError::Timeout.class(), Class::Retry);
+        assert_eq!(SendError::Transport("refused".into()).class(), Class::Retry);
+    }
+
+    #[test]
+    fn errors_carry_hints() {
+        let e = SendError::Api { errcode: 93000, errmsg: "invalid webhook url".into() };
+        assert!(e.to_string().contains("the key is wrong"));
+    }
+
+    #[test]
+    fn markdown_body_is_valid_json() {
+        let body = markdown_body("a \"quote\" and 告警\n");
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(v["markdown"]["content"], "a \"quote\" and 告警\n");
+        assert_eq!(v["msgtype"], "markdown");
+    }
+}
