@@ -163,6 +163,14 @@ pub const FLAGS: &[Flag] = &[
         Some("4MiB"),
         "largest accepted request body; larger → 413",
     ),
+    flag(
+        "--dry-run",
+        None,
+        Some("WEIXIN_ROBOT_DRY_RUN"),
+        None,
+        None,
+        "print each message to stdout instead of sending it; no key needed",
+    ),
     flag("--help", Some("-h"), None, None, None, "print this help and exit"),
     flag("--version", Some("-V"), None, None, None, "print version, target and git revision"),
 ];

@@ -1,0 +1,567 @@
+//! Test harness: the real relay binary, a fake WeCom server, a raw HTTP client, polling.
+//!
+//! Everything listens on 127.0.0.1 only. Nothing here sleeps to synchronise: [`wait_until`]
+//! polls a condition with a deadline.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_weixin-robot");
+pub const SECRET: &str = "SeCrEtKeY-0123456789-abcdef";
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; panics with `what` on timeout.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("wxr-it-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP client
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// Sends raw bytes and reads one response (by Content-Length, or to EOF).
+pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(raw)?;
+    read_response(&mut s)
+}
+
+pub fn read_response(s: &mut TcpStream) -> std::io::Result<Response> {
+    let mut reader = BufReader::new(s);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line)?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let len = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let mut body = Vec::new();
+    match len {
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body)?;
+        }
+        None => {
+            reader.read_to_end(&mut body)?;
+        }
+    }
+    Ok(Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+pub fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Response {
+    let mut raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    raw_request(addr, &raw).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+pub fn post(addr: SocketAddr, path: &str, body: &[u8]) -> Response {
+    request(addr, "POST", path, body)
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    request(addr, "GET", path, b"")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payloads
+
+/// One alert for [`payload`]: fingerprint, status, alertname.
+pub struct A<'a>(pub &'a str, pub &'a str, pub &'a str);
+
+/// An Alertmanager v4 notification for `group` holding `alerts`.
+pub fn payload(group: &str, alerts: &[A]) -> Vec<u8> {
+    let any_firing = alerts.iter().any(|a| a.1 == "firing");
+    let alerts: Vec<Value> = alerts
+        .iter()
+        .map(|A(fp, status, name)| {
+            json!({
+                "status": status,
+                "labels": {"alertname": name, "severity": "critical", "instance": format!("{fp}.example:9100"), "project": "it"},
+                "annotations": {"summary": format!("{name} summary"), "description": format!("{name} fp={fp} description")},
+                "startsAt": "2024-05-01T12:00:00Z",
+                "endsAt": if *status == "resolved" { "2024-05-01T12:30:00Z" } else { "0001-01-01T00:00:00Z" },
+                "generatorURL": "http://prometheus.example:9090/graph",
+                "fingerprint": fp,
+            })
+        })
+        .collect();
+    json!({
+        "version": "4",
+        "groupKey": format!("{{}}:{{group=\"{group}\"}}"),
+        "truncatedAlerts": 0,
+        "status": if any_firing { "firing" } else { "resolved" },
+        "receiver": "wecom",
+        "groupLabels": {"group": group},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.example:9093",
+        "alerts": alerts,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// `(fingerprint, status)` pairs found in a delivered markdown text, via the `fp=` marker that
+/// [`payload`] puts in each description and the section the alert sits in.
+pub fn alerts_in(markdown: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut status = "firing";
+    for line in markdown.lines() {
+        if line.contains("告警通知") && line.starts_with("## ") {
+            status = "firing";
+        } else if line.contains("恢复通知") && line.starts_with("## ") {
+            status = "resolved";
+        }
+        if let Some(i) = line.find(" fp=") {
+            let fp: String = line[i + 4..].chars().take_while(|c| !c.is_whitespace()).collect();
+            out.push((fp, status.to_string()));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fake WeCom
+
+#[derive(Clone, Debug)]
+pub enum Behave {
+    /// `{"errcode":0,"errmsg":"ok"}`
+    Ok,
+    /// HTTP 200 with this errcode.
+    Errcode(i64),
+    /// This HTTP status with an empty JSON body.
+    Http(u16),
+    /// HTTP 200 with a body that is not JSON.
+    Garbage,
+    /// Read the request, then say nothing for this long before answering ok.
+    Hang(Duration),
+}
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub at: Instant,
+    pub target: String,
+    pub body: Value,
+    pub raw_len: usize,
+    /// What the fake answered; only `Ok` counts as delivered.
+    pub answered: String,
+    pub delivered: bool,
+}
+
+impl Received {
+    pub fn content(&self) -> &str {
+        self.body["markdown"]["content"].as_str().unwrap_or("")
+    }
+}
+
+struct FakeState {
+    script: VecDeque<Behave>,
+    default: Behave,
+    received: Vec<Received>,
+}
+
+pub struct FakeWeCom {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<FakeState>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeWeCom {
+    pub fn start() -> FakeWeCom {
+        FakeWeCom::start_on(TcpListener::bind("127.0.0.1:0").expect("bind fake"), None)
+    }
+
+    /// Binds a specific port (for "connection refused for a while" tests).
+    pub fn start_at(port: u16) -> FakeWeCom {
+        FakeWeCom::start_on(TcpListener::bind(("127.0.0.1", port)).expect("bind fake port"), None)
+    }
+
+    /// HTTPS with the given server certificate chain and key (PEM files).
+    pub fn start_tls(cert: &Path, key: &Path) -> FakeWeCom {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .expect("cert pem")
+            .map(|c| c.expect("cert"))
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(key).expect("key pem");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+        FakeWeCom::start_on(TcpListener::bind("127.0.0.1:0").expect("bind"), Some(Arc::new(config)))
+    }
+
+    fn start_on(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> FakeWeCom {
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(FakeState {
+            script: VecDeque::new(),
+            default: Behave::Ok,
+            received: Vec::new(),
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let (st, stop2) = (Arc::clone(&state), Arc::clone(&stop));
+        thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let st = Arc::clone(&st);
+                        let tls = tls.clone();
+                        thread::spawn(move || {
+                            let _ = stream.set_nonblocking(false);
+                            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                            match tls {
+                                None => serve(stream, &st),
+                                Some(cfg) => {
+                                    let Ok(conn) = rustls::ServerConnection::new(cfg) else {
+                                        return;
+                                    };
+                                    serve(rustls::StreamOwned::new(conn, stream), &st)
+                                }
+                            }
+                        });
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        FakeWeCom { addr, state, stop }
+    }
+
+    /// A webhook URL for the relay pointing here, with the test secret as key.
+    pub fn url(&self) -> String {
+        format!("http://{}/cgi-bin/webhook/send?key={SECRET}", self.addr)
+    }
+
+    pub fn script(&self, behaviours: impl IntoIterator<Item = Behave>) {
+        self.state.lock().expect("fake").script.extend(behaviours);
+    }
+
+    pub fn set_default(&self, b: Behave) {
+        self.state.lock().expect("fake").default = b;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().expect("fake").received.clone()
+    }
+
+    pub fn delivered(&self) -> Vec<Received> {
+        self.received().into_iter().filter(|r| r.delivered).collect()
+    }
+
+    /// Every (fingerprint, status) in delivered messages, in order.
+    pub fn delivered_alerts(&self) -> Vec<(String, String)> {
+        self.delivered().iter().flat_map(|r| alerts_in(r.content())).collect()
+    }
+}
+
+impl Drop for FakeWeCom {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(mut stream: impl Read + Write, state: &Mutex<FakeState>) {
+    // Read headers byte-wise (requests are small), then the body by Content-Length.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+        if head.len() > 64 * 1024 {
+            return;
+        }
+    }
+    let head_text = String::from_utf8_lossy(&head).into_owned();
+    let target = head_text.split_whitespace().nth(1).unwrap_or("").to_string();
+    let len: usize = head_text
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    if stream.read_exact(&mut body).is_err() {
+        return;
+    }
+    let (behave, index) = {
+        let mut st = state.lock().expect("fake");
+        let b = st.script.pop_front().unwrap_or_else(|| st.default.clone());
+        let index = st.received.len();
+        st.received.push(Received {
+            at: Instant::now(),
+            target,
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            raw_len: len,
+            answered: format!("{b:?}"),
+            delivered: false,
+        });
+        (b, index)
+    };
+    let (status, answer) = match &behave {
+        Behave::Ok => (200, r#"{"errcode":0,"errmsg":"ok"}"#.to_string()),
+        Behave::Errcode(code) => {
+            (200, format!(r#"{{"errcode":{code},"errmsg":"scripted error"}}"#))
+        }
+        Behave::Http(code) => (*code, "{}".to_string()),
+        Behave::Garbage => (200, "<html>bad gateway</html>".to_string()),
+        Behave::Hang(d) => {
+            thread::sleep(*d);
+            (200, r#"{"errcode":0,"errmsg":"ok"}"#.to_string())
+        }
+    };
+    let resp = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+    let written = stream.write_all(resp.as_bytes()).and_then(|_| stream.flush()).is_ok();
+    // Delivered means: errcode 0 answered promptly (a hang past the relay's timeout is a loss
+    // from the relay's point of view, which then retries).
+    let delivered = written && matches!(behave, Behave::Ok);
+    if delivered {
+        state.lock().expect("fake").received[index].delivered = true;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The relay process
+
+pub struct Relay {
+    pub child: Child,
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn capture(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let b = Arc::clone(&buf);
+    thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            b.lock().expect("log").push_str(&line);
+            line.clear();
+        }
+    });
+    buf
+}
+
+impl Relay {
+    /// Starts the relay on a free loopback port with `args` and waits for `/healthz`.
+    pub fn start(args: &[&str]) -> Relay {
+        Relay::start_env(args, &[])
+    }
+
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Relay {
+        for _attempt in 0..5 {
+            let port = free_port();
+            let mut cmd = Command::new(BIN);
+            cmd.args(["--listen", "127.0.0.1", "--port", &port.to_string()])
+                .args(args)
+                .env_remove("KEY")
+                .env_remove("PORT")
+                .env("RUST_LOG", std::env::var("IT_RUST_LOG").unwrap_or_else(|_| "info".into()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().expect("spawn relay");
+            let stderr = capture(child.stderr.take().expect("stderr"));
+            let stdout = capture(child.stdout.take().expect("stdout"));
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let mut relay = Relay { child, addr, stderr, stdout };
+            if relay.wait_healthy() {
+                return relay;
+            }
+            // Lost the port race, or failed to start: show why if it was not the port.
+            let logs = relay.logs();
+            let _ = relay.child.kill();
+            let _ = relay.child.wait();
+            assert!(logs.contains("Address already in use"), "relay did not start:\n{logs}");
+        }
+        panic!("could not find a free port for the relay");
+    }
+
+    fn wait_healthy(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok(r) = raw_request(
+                self.addr,
+                b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            ) {
+                if r.status == 200 {
+                    return true;
+                }
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    pub fn post(&self, body: &[u8]) -> Response {
+        post(self.addr, "/alertinfo", body)
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().expect("log").clone()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("log").clone()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit (polling) and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut status = None;
+        wait_until(timeout, "relay to exit", || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        // Let the log readers catch the last lines.
+        wait_until(Duration::from_secs(2), "log pipes to close", || {
+            Arc::strong_count(&self.stderr) == 1 && Arc::strong_count(&self.stdout) == 1
+        });
+        status.expect("status")
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn metrics(&self) -> String {
+        get(self.addr, "/metrics").body
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion (for exit-code tests).
+pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("KEY").env_remove("PORT").stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
