@@ -323,6 +323,24 @@ pub fn help_text() -> String {
     out
 }
 
+/// The README's flag table, generated from [`FLAGS`] (a unit test keeps README.md in step).
+pub fn markdown_table() -> String {
+    let mut out = String::from("| Flag | Env | Default | What it does |\n|---|---|---|---|\n");
+    for flag in FLAGS {
+        let name = match (flag.short, flag.value) {
+            (Some(short), Some(value)) => format!("`{short}`, `{} {value}`", flag.long),
+            (Some(short), None) => format!("`{short}`, `{}`", flag.long),
+            (None, Some(value)) => format!("`{} {value}`", flag.long),
+            (None, None) => format!("`{}`", flag.long),
+        };
+        let env = flag.env.map_or_else(String::new, |e| format!("`{e}`"));
+        let default = flag.default.map_or_else(String::new, |d| format!("`{d}`"));
+        let row = format!("| {name} | {env} | {default} | {} |\n", flag.help.replace('|', "\\|"));
+        out.push_str(&row.replace("URL|KEY", "URL\\|KEY"));
+    }
+    out
+}
+
 /// The webhook URL with the key inside. Only [`WebhookUrl::expose`] hands out the real URL,
 /// and only the WeCom client calls it.
 #[derive(Clone, PartialEq, Eq)]
@@ -723,6 +741,26 @@ mod tests {
         assert!(Rate::parse("0/60s").is_err());
         assert_eq!(parse_bytes("4MiB"), Ok(4 << 20));
         assert_eq!(parse_bytes("4096"), Ok(4096));
+    }
+
+    /// README.md carries the flag table between markers; `UPDATE_README=1 cargo test readme`
+    /// rewrites it.
+    #[test]
+    fn readme_flags_table_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+        let readme = std::fs::read_to_string(&path).unwrap_or_default();
+        let (start, end) = ("<!-- flags:start -->\n", "<!-- flags:end -->");
+        let (Some(a), Some(b)) = (readme.find(start), readme.find(end)) else {
+            panic!("README.md lacks the flags markers");
+        };
+        let current = &readme[a + start.len()..b];
+        let want = markdown_table();
+        if std::env::var_os("UPDATE_README").is_some() {
+            let updated = format!("{}{want}{}", &readme[..a + start.len()], &readme[b..]);
+            let _ = std::fs::write(&path, updated);
+            return;
+        }
+        assert_eq!(current, want, "README flag table is stale: UPDATE_README=1 cargo test readme");
     }
 
     #[test]

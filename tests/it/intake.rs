@@ -137,3 +137,49 @@ fn errcode_is_logged_without_the_key() {
     assert!(logs.contains("key=***"), "startup line shows the redacted URL: {logs}");
     assert!(!logs.contains(SECRET), "{logs}");
 }
+
+#[test]
+fn dry_run_prints_messages_and_needs_no_key() {
+    let relay = Relay::start(&["--dry-run"]);
+    assert_eq!(relay.post(&payload("g", &[A("dry", "firing", "DryRun")])).status, 200);
+    wait_until(Duration::from_secs(10), "message on stdout", || relay.stdout().contains("DryRun"));
+    let line = relay.stdout().lines().find(|l| l.contains("DryRun")).unwrap_or("").to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+    assert_eq!(v["msgtype"], "markdown");
+    assert!(v["markdown"]["content"].as_str().unwrap_or("").contains("fp=dry"));
+}
+
+#[test]
+fn http_proxy_from_the_environment_is_honoured() {
+    // The fake plays the proxy: a proxied plain-http request arrives in absolute form.
+    let proxy = FakeWeCom::start();
+    let url = format!("http://wecom.invalid/cgi-bin/webhook/send?key={SECRET}");
+    let proxy_url = format!("http://{}", proxy.addr);
+    let relay = Relay::start_env(
+        &["--key", &url],
+        &[("HTTP_PROXY", &proxy_url), ("http_proxy", &proxy_url)],
+    );
+    assert_eq!(relay.post(&payload("g", &[A("px", "firing", "Proxied")])).status, 200);
+    wait_until(Duration::from_secs(10), "delivery through the proxy", || {
+        proxy.delivered().len() == 1
+    });
+    assert_eq!(proxy.delivered()[0].target, url);
+
+    // NO_PROXY exempts the host: the relay then tries wecom.invalid directly and cannot reach it.
+    let proxy2 = FakeWeCom::start();
+    let proxy_url = format!("http://{}", proxy2.addr);
+    let relay = Relay::start_env(
+        &["--key", &url, "--retry-initial", "50ms"],
+        &[
+            ("HTTP_PROXY", &proxy_url),
+            ("http_proxy", &proxy_url),
+            ("NO_PROXY", "wecom.invalid"),
+            ("no_proxy", "wecom.invalid"),
+        ],
+    );
+    assert_eq!(relay.post(&payload("g", &[A("np", "firing", "Direct")])).status, 200);
+    wait_until(Duration::from_secs(10), "direct attempt fails", || {
+        relay.logs().contains("class=retry")
+    });
+    assert!(proxy2.received().is_empty());
+}
