@@ -323,24 +323,6 @@ pub fn help_text() -> String {
     out
 }
 
-/// The README's flag table, generated from [`FLAGS`] (a unit test keeps README.md in step).
-pub fn markdown_table() -> String {
-    let mut out = String::from("| Flag | Env | Default | What it does |\n|---|---|---|---|\n");
-    for flag in FLAGS {
-        let name = match (flag.short, flag.value) {
-            (Some(short), Some(value)) => format!("`{short}`, `{} {value}`", flag.long),
-            (Some(short), None) => format!("`{short}`, `{}`", flag.long),
-            (None, Some(value)) => format!("`{} {value}`", flag.long),
-            (None, None) => format!("`{}`", flag.long),
-        };
-        let env = flag.env.map_or_else(String::new, |e| format!("`{e}`"));
-        let default = flag.default.map_or_else(String::new, |d| format!("`{d}`"));
-        let row = format!("| {name} | {env} | {default} | {} |\n", flag.help.replace('|', "\\|"));
-        out.push_str(&row.replace("URL|KEY", "URL\\|KEY"));
-    }
-    out
-}
-
 /// The webhook URL with the key inside. Only [`WebhookUrl::expose`] hands out the real URL,
 /// and only the WeCom client calls it.
 #[derive(Clone, PartialEq, Eq)]
@@ -741,6 +723,25 @@ mod tests {
         assert!(Rate::parse("0/60s").is_err());
         assert_eq!(parse_bytes("4MiB"), Ok(4 << 20));
         assert_eq!(parse_bytes("4096"), Ok(4096));
+    }
+
+    /// The README's flag table, generated from [`FLAGS`] (a unit test keeps README.md in step).
+    pub fn markdown_table() -> String {
+        let mut out = String::from("| Flag | Env | Default | What it does |\n|---|---|---|---|\n");
+        for flag in FLAGS {
+            let name = match (flag.short, flag.value) {
+                (Some(short), Some(value)) => format!("`{short}`, `{} {value}`", flag.long),
+                (Some(short), None) => format!("`{short}`, `{}`", flag.long),
+                (None, Some(value)) => format!("`{} {value}`", flag.long),
+                (None, None) => format!("`{}`", flag.long),
+            };
+            let env = flag.env.map_or_else(String::new, |e| format!("`{e}`"));
+            let default = flag.default.map_or_else(String::new, |d| format!("`{d}`"));
+            let row =
+                format!("| {name} | {env} | {default} | {} |\n", flag.help.replace('|', "\\|"));
+            out.push_str(&row.replace("URL|KEY", "URL\\|KEY"));
+        }
+        out
     }
 
     /// README.md carries the flag table between markers; `UPDATE_README=1 cargo test readme`
