@@ -27,5 +27,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
-echo "== cargo test (unit, integration, real Alertmanager)"
-cargo test --locked -- --include-ignored
+echo "== cargo test (unit, integration, real Alertmanager; fuzzing for a bounded time)"
+WEIXIN_ROBOT_FUZZ_SECONDS=${WEIXIN_ROBOT_FUZZ_SECONDS:-20} \
+WEIXIN_ROBOT_FUZZ_REQUESTS=${WEIXIN_ROBOT_FUZZ_REQUESTS:-2000} \
+  cargo test --locked -- --include-ignored

@@ -164,6 +164,46 @@ pub const FLAGS: &[Flag] = &[
         "largest accepted request body; larger → 413",
     ),
     flag(
+        "--max-header-bytes",
+        None,
+        Some("WEIXIN_ROBOT_MAX_HEADER_BYTES"),
+        Some("BYTES"),
+        Some("64KiB"),
+        "largest request head; larger → 431 and the connection is closed",
+    ),
+    flag(
+        "--max-connections",
+        None,
+        Some("WEIXIN_ROBOT_MAX_CONNECTIONS"),
+        Some("N"),
+        Some("4096"),
+        "open connections at most; past it, new ones get 503 and are closed",
+    ),
+    flag(
+        "--request-timeout",
+        None,
+        Some("WEIXIN_ROBOT_REQUEST_TIMEOUT"),
+        Some("DURATION"),
+        Some("10s"),
+        "a request must arrive this soon after connect or the previous answer; else 408, closed",
+    ),
+    flag(
+        "--auth-token-file",
+        None,
+        Some("WEIXIN_ROBOT_AUTH_TOKEN_FILE"),
+        Some("PATH"),
+        None,
+        "require \"Authorization: Bearer <token>\" on /alertinfo and /metrics",
+    ),
+    flag(
+        "--basic-auth-file",
+        None,
+        Some("WEIXIN_ROBOT_BASIC_AUTH_FILE"),
+        Some("PATH"),
+        None,
+        "require HTTP basic auth on /alertinfo and /metrics; user:password per line",
+    ),
+    flag(
         "--dry-run",
         None,
         Some("WEIXIN_ROBOT_DRY_RUN"),
@@ -513,6 +553,11 @@ pub struct Config {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub max_body_bytes: u64,
+    pub max_header_bytes: u64,
+    pub max_connections: usize,
+    pub request_timeout: Duration,
+    pub auth_token_file: Option<PathBuf>,
+    pub basic_auth_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -571,18 +616,26 @@ impl Config {
         if retry_initial.is_zero() || retry_max < retry_initial {
             return Err(invalid("--retry-max", "need 0 < --retry-initial <= --retry-max"));
         }
-        let queue_max_messages = raw
-            .get_or_default("--queue-max-messages")
-            .unwrap_or("0")
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| invalid("--queue-max-messages", "expected a number above zero"))?;
+        let count = |flag: &'static str| -> Result<usize, Error> {
+            raw.get_or_default(flag)
+                .unwrap_or("0")
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| invalid(flag, "expected a number above zero"))
+        };
+        let queue_max_messages = count("--queue-max-messages")?;
+        let max_connections = count("--max-connections")?;
         let queue_max_bytes = bytes("--queue-max-bytes")?;
         let max_body_bytes = bytes("--max-body")?;
-        if max_body_bytes == 0 {
-            return Err(invalid("--max-body", "must be above zero"));
+        let max_header_bytes = bytes("--max-header-bytes")?;
+        if max_body_bytes == 0 || max_header_bytes == 0 {
+            return Err(invalid("--max-body", "sizes must be above zero"));
+        }
+        let request_timeout = duration("--request-timeout")?;
+        if request_timeout.is_zero() {
+            return Err(invalid("--request-timeout", "must be above zero"));
         }
 
         Ok(Config {
@@ -603,6 +656,11 @@ impl Config {
             retry_initial,
             retry_max,
             max_body_bytes,
+            max_header_bytes,
+            max_connections,
+            request_timeout,
+            auth_token_file: raw.get("--auth-token-file").map(PathBuf::from),
+            basic_auth_file: raw.get("--basic-auth-file").map(PathBuf::from),
         })
     }
 }

@@ -16,9 +16,10 @@ use crate::outbox::split::{split, WECOM_MARKDOWN_MAX_BYTES};
 use crate::outbox::{EnqueueError, Enqueued, NewItem, Outbox};
 use crate::render;
 
-/// Alertmanager's payload is 3 levels deep; 32 leaves room for hand-written senders while
-/// keeping serde_json's recursion (and `Value`'s recursive drop) far from the stack's end.
-pub const MAX_JSON_DEPTH: usize = 32;
+/// Alertmanager's payload is 4 levels deep; 16 leaves room for hand-written senders while
+/// keeping serde_json's recursion (and `Value`'s recursive drop) far from the end of a
+/// coroutine's stack (see `COROUTINE_STACK_WORDS` in main.rs).
+pub const MAX_JSON_DEPTH: usize = 16;
 
 #[derive(Debug)]
 pub enum Rejected {
@@ -188,5 +189,109 @@ mod tests {
         assert_eq!(key(a), key(&a.replace("\"groupKey\"", "\"extra\":1,\"groupKey\"")));
         assert_ne!(key(a), key(&refired));
         assert_eq!(key(resolved), None, "resolved notifications are never deduplicated");
+    }
+
+    /// Fuzzing without nightly or extra crates: golden payloads mutated at the byte level and
+    /// at the JSON level (values swapped for other types, huge strings, deep nesting) go
+    /// through parse → render → split. Nothing may panic, and whatever is accepted must come
+    /// out as messages within WeCom's limit. Runs for `WEIXIN_ROBOT_FUZZ_SECONDS` (default 2;
+    /// ci/test.sh gives it more), seeded deterministically so a failure can be replayed.
+    #[test]
+    fn fuzz_prepare_never_panics() {
+        use serde_json::Value;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+        let corpus: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter_map(|p| std::fs::read(p).ok())
+            .collect();
+        assert!(!corpus.is_empty());
+        let seconds: u64 = std::env::var("WEIXIN_ROBOT_FUZZ_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        let mut rng: u64 = 0x853c_49e6_748f_ea9b;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        fn random_value(next: &mut impl FnMut() -> u64) -> Value {
+            match next() % 9 {
+                0 => Value::Null,
+                1 => Value::Bool(next() % 2 == 0),
+                2 => serde_json::json!(next() as i64),
+                3 => serde_json::json!(-1.5e300),
+                4 => Value::String("<@all>*`[x](y)\n\u{0}告警🔥".repeat((next() % 300) as usize)),
+                5 => serde_json::json!([]),
+                6 => serde_json::json!({"k": [[[[[1]]]]]}),
+                7 => Value::String("0001-01-01T00:00:00Z".into()),
+                _ => Value::String("2024-02-30T25:61:61+99:99".into()),
+            }
+        }
+        fn mutate_json(v: &mut Value, next: &mut impl FnMut() -> u64, depth: u32) {
+            let replace = depth > 0 && next() % 4 == 0;
+            if replace {
+                *v = random_value(next);
+                return;
+            }
+            match v {
+                Value::Object(map) if !map.is_empty() => {
+                    let keys: Vec<String> = map.keys().cloned().collect();
+                    let k = &keys[(next() % keys.len() as u64) as usize];
+                    if next() % 10 == 0 {
+                        map.remove(k);
+                    } else if let Some(child) = map.get_mut(k) {
+                        mutate_json(child, next, depth + 1);
+                    }
+                }
+                Value::Array(items) if !items.is_empty() => {
+                    let i = (next() % items.len() as u64) as usize;
+                    if next() % 8 == 0 {
+                        let copy = items[i].clone();
+                        for _ in 0..(next() % 50) {
+                            items.push(copy.clone());
+                        }
+                    }
+                    mutate_json(&mut items[i], next, depth + 1);
+                }
+                _ => *v = random_value(next),
+            }
+        }
+        let mut iterations = 0u64;
+        let mut accepted = 0u64;
+        while std::time::Instant::now() < deadline {
+            iterations += 1;
+            let seed = &corpus[(next() % corpus.len() as u64) as usize];
+            let mut bytes = if next() % 2 == 0 {
+                let mut v: Value = serde_json::from_slice(seed).unwrap_or(Value::Null);
+                for _ in 0..=(next() % 4) {
+                    mutate_json(&mut v, &mut next, 0);
+                }
+                v.to_string().into_bytes()
+            } else {
+                seed.clone()
+            };
+            for _ in 0..(next() % 4) {
+                let pos = (next() as usize) % (bytes.len() + 1);
+                match next() % 3 {
+                    0 if pos < bytes.len() => bytes[pos] = next() as u8,
+                    1 => bytes.truncate(pos),
+                    _ => bytes.insert(pos, b"{[\"\\\xff"[(next() % 5) as usize]),
+                }
+            }
+            if let Ok(p) = prepare(&bytes, TZ) {
+                accepted += 1;
+                assert!(!p.item.parts.is_empty());
+                for part in &p.item.parts {
+                    assert!(part.len() <= WECOM_MARKDOWN_MAX_BYTES, "{} bytes", part.len());
+                }
+            }
+        }
+        println!("fuzz: {iterations} inputs, {accepted} accepted, none panicked");
     }
 }

@@ -111,7 +111,7 @@ pub struct Gauges {
 }
 
 /// The whole exposition, Prometheus text format 0.0.4.
-pub fn render(gauges: &[Gauges]) -> String {
+pub fn render(gauges: &[Gauges], connections: usize) -> String {
     let mut out = String::with_capacity(4096);
     let counter = |out: &mut String, name: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -193,6 +193,11 @@ pub fn render(gauges: &[Gauges]) -> String {
             let _ = writeln!(out, "{name}{{robot=\"{}\"}} {value}", label(&g.robot));
         }
     }
+
+    let _ = writeln!(
+        out,
+        "# HELP weixin_robot_connections Open HTTP connections.\n# TYPE weixin_robot_connections gauge\nweixin_robot_connections {connections}"
+    );
 
     let h = LATENCY.lock().unwrap_or_else(|p| p.into_inner());
     let name = "weixin_robot_send_duration_seconds";

@@ -4,13 +4,16 @@
 //! of the delivery contract: Alertmanager retries 5xx and network errors but never a 4xx, so a
 //! 4xx means "this body can never succeed" and a 503 means "keep it and try again".
 //!
-//! `may_minihttp` 0.1.11 is built for benchmarks and trusts its input. Its known sharp edges
-//! and how we guard them from our side:
-//! - `Request::body()` unwraps the Content-Length parse: we validate Content-Length ourselves
-//!   and only call `body()` with a valid one.
-//! - Bytes of a body we did not read would be parsed as the next request, and an error there
-//!   drops the connection before our answer is written: every body is either read, discarded
-//!   through `body()`, or the answer is written straight to the socket and the connection shut.
+//! `may_minihttp` 0.1.11 is built for benchmarks and trusts its input. Its sharp edges and how
+//! we guard them from our side:
+//! - `Request::body()` unwraps the Content-Length parse: we validate Content-Length first and
+//!   only call `body()` with a valid one; `Transfer-Encoding` is refused.
+//! - Body bytes we did not read would be parsed as the next request, and an error there drops
+//!   the connection before our answer is written: every body is read, discarded through
+//!   `body()`, or the answer goes straight to the socket and the connection is shut.
+//! - More than 16 headers, or a malformed head, ends the connection without an answer: the
+//!   connection's [`Conn`] is dropped while the client still waits, and its `Drop` answers 400.
+//! - No timeouts, no connection limit, unbounded head buffer: see [`crate::guard`].
 
 use std::io::{self, Read};
 use std::os::fd::RawFd;
@@ -20,7 +23,9 @@ use std::sync::Arc;
 use may_minihttp::{HttpService, HttpServiceFactory, Request, Response};
 use serde_json::json;
 
+use crate::auth::Auth;
 use crate::config::TzOffset;
+use crate::guard::{self, Guard};
 use crate::intake::{self, Rejected};
 use crate::metrics;
 use crate::outbox::{EnqueueError, Enqueued, Outbox};
@@ -35,6 +40,8 @@ pub struct App {
     pub robot: String,
     pub tz: TzOffset,
     pub max_body_bytes: u64,
+    pub auth: Option<Auth>,
+    pub guard: Arc<Guard>,
     /// Cleared on SIGTERM: `/alertinfo` answers 503 and readiness fails.
     pub accepting: AtomicBool,
 }
@@ -46,9 +53,12 @@ pub struct Factory {
 impl HttpServiceFactory for Factory {
     type Service = Conn;
 
-    /// may_minihttp passes the socket's fd as the id; we keep it to answer and close directly.
+    /// may_minihttp passes the socket's fd as the id; we keep it to enforce limits and to
+    /// answer and close directly.
     fn new_service(&self, id: usize) -> Conn {
-        Conn { app: Arc::clone(&self.app), fd: RawFd::try_from(id).unwrap_or(-1), closed: false }
+        let fd = RawFd::try_from(id).unwrap_or(-1);
+        let registered = self.app.guard.open(fd);
+        Conn { app: Arc::clone(&self.app), fd, registered, closed: !registered }
     }
 }
 
@@ -56,8 +66,38 @@ impl HttpServiceFactory for Factory {
 pub struct Conn {
     app: Arc<App>,
     fd: RawFd,
+    registered: bool,
     /// Set once we shut the socket: bytes may_minihttp still holds must not become requests.
     closed: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if !self.registered {
+            return;
+        }
+        let killed = self.app.guard.close(self.fd);
+        if self.closed || killed {
+            return;
+        }
+        if std::thread::panicking() {
+            // A bug in handling this request; may catches the panic, the process lives on.
+            metrics::request_rejected("internal_error");
+            guard::answer_and_shut(self.fd, 500, "Internal Server Error", "internal error");
+            return;
+        }
+        // may_minihttp gave up on the request head (more than 16 headers, a line without a
+        // colon, …) and is about to close while the client still waits: tell it why.
+        if guard::peer_waiting(self.fd) {
+            metrics::request_rejected("bad_head");
+            guard::answer_and_shut(
+                self.fd,
+                400,
+                "Bad Request",
+                "malformed request head (at most 16 headers, each \\\"Name: value\\\")",
+            );
+        }
+    }
 }
 
 /// An answer: status, reason phrase, extra headers and a one-line JSON body.
@@ -83,6 +123,8 @@ enum Route {
     Healthy,
     Ready,
     Metrics,
+    #[cfg(debug_assertions)]
+    Panic,
     Unknown,
 }
 
@@ -93,8 +135,16 @@ impl Route {
             "/healthz" | "/-/healthy" => Route::Healthy,
             "/-/ready" => Route::Ready,
             "/metrics" => Route::Metrics,
+            // Debug builds only: lets a test prove that a panicking request takes down neither
+            // the process nor the queue. Release builds have no such path.
+            #[cfg(debug_assertions)]
+            "/-/debug/panic" => Route::Panic,
             _ => Route::Unknown,
         }
+    }
+
+    fn needs_auth(self) -> bool {
+        matches!(self, Route::Intake | Route::Metrics)
     }
 }
 
@@ -119,6 +169,7 @@ impl Method {
 enum Framing {
     Length(u64),
     Missing,
+    Chunked,
     Invalid(&'static str),
 }
 
@@ -126,7 +177,7 @@ fn framing(req: &Request) -> Framing {
     let mut length: Option<u64> = None;
     for h in req.headers() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Framing::Invalid("transfer-encoding is not supported; send Content-Length");
+            return Framing::Chunked;
         }
         if h.name.eq_ignore_ascii_case("content-length") {
             let parsed = std::str::from_utf8(h.value)
@@ -146,69 +197,84 @@ fn framing(req: &Request) -> Framing {
     length.map_or(Framing::Missing, Framing::Length)
 }
 
+fn authorization<'a>(req: &'a Request) -> Option<&'a [u8]> {
+    req.headers().iter().find(|h| h.name.eq_ignore_ascii_case("authorization")).map(|h| h.value)
+}
+
 impl HttpService for Conn {
     fn call(&mut self, req: Request, rsp: &mut Response) -> io::Result<()> {
         if self.closed {
             return Ok(());
         }
+        self.app.guard.call_started(self.fd);
+        self.handle(req, rsp);
+        self.app.guard.call_finished(self.fd);
+        Ok(())
+    }
+}
+
+impl Conn {
+    fn handle(&mut self, req: Request, rsp: &mut Response) {
         let route = Route::of(req.path());
         let method = Method::of(req.method());
         let wants_body = route == Route::Intake && method == Method::Post;
 
         let length = match framing(&req) {
             Framing::Invalid(why) => {
-                let r = error(400, "Bad Request", "bad_framing", why);
-                return self.answer_and_close(rsp, r);
+                return self.answer_and_close(error(400, "Bad Request", "bad_framing", why));
+            }
+            Framing::Chunked => {
+                let why = "Transfer-Encoding is not supported; send Content-Length";
+                return self.answer_and_close(error(411, "Length Required", "chunked", why));
             }
             Framing::Missing if wants_body => {
                 let r = error(411, "Length Required", "no_length", "Content-Length is required");
-                return self.answer_and_close(rsp, r);
+                return self.answer_and_close(r);
             }
             Framing::Missing => 0,
             Framing::Length(n) => n,
         };
 
-        if !wants_body || length > self.app.max_body_bytes {
-            let too_big = wants_body;
+        // Decided before any body byte is read; a refusal still has to get rid of the body.
+        let refusal = if route.needs_auth() && !self.authorized(&req) {
+            let mut r = error(401, "Unauthorized", "unauthorized", "missing or wrong credentials");
+            r.headers = self.app.auth.as_ref().map_or(&[][..], Auth::challenge);
+            Some(r)
+        } else if wants_body && length > self.app.max_body_bytes {
+            Some(error(413, "Payload Too Large", "too_large", "body exceeds --max-body"))
+        } else if !wants_body {
+            Some(self.route(method, route))
+        } else {
+            None
+        };
+
+        if let Some(r) = refusal {
             if length > DISCARD_LIMIT_BYTES {
-                let r = if too_big {
-                    error(413, "Payload Too Large", "too_large", "body exceeds --max-body")
-                } else {
-                    self.route(method, route)
-                };
-                return self.answer_and_close(rsp, r);
+                return self.answer_and_close(r);
             }
             // Read and throw away whatever body came along, in small steps, never keeping it.
             let discarded = io::copy(&mut req.body().take(length), &mut io::sink());
             if discarded.map_or(true, |n| n < length) {
-                self.close();
-                return Ok(());
+                return self.close();
             }
-            let r = if too_big {
-                error(413, "Payload Too Large", "too_large", "body exceeds --max-body")
-            } else {
-                self.route(method, route)
-            };
-            write_reply(rsp, r);
-            return Ok(());
+            return write_reply(rsp, r);
         }
 
         // `length` is within --max-body here, so this allocation is bounded.
-        let mut body = Vec::with_capacity(length as usize);
+        let mut body = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
         let read = req.body().take(length).read_to_end(&mut body);
         if read.map_or(true, |n| (n as u64) < length) {
-            // The client went away (or was cut off) mid-body: nobody is left to answer.
+            // The client went away (or was cut off by the deadline) mid-body.
             metrics::request_rejected("short_body");
-            self.close();
-            return Ok(());
+            return self.close();
         }
-        let r = self.intake(&body);
-        write_reply(rsp, r);
-        Ok(())
+        write_reply(rsp, self.intake(&body));
     }
-}
 
-impl Conn {
+    fn authorized(&self, req: &Request) -> bool {
+        self.app.auth.as_ref().is_none_or(|auth| auth.allows(authorization(req)))
+    }
+
     fn route(&self, method: Method, route: Route) -> Reply {
         let get = method == Method::Get;
         match route {
@@ -240,9 +306,11 @@ impl Conn {
                     code: 200,
                     reason: "OK",
                     headers: &["Content-Type: text/plain; version=0.0.4; charset=utf-8"],
-                    body: metrics::render(&gauges),
+                    body: metrics::render(&gauges, self.app.guard.connections()),
                 }
             }
+            #[cfg(debug_assertions)]
+            Route::Panic => panic!("deliberate panic from /-/debug/panic"),
             Route::Healthy | Route::Ready | Route::Metrics => {
                 let mut r = error(405, "Method Not Allowed", "bad_method", "use GET");
                 r.headers = &["Allow: GET, HEAD"];
@@ -288,8 +356,8 @@ impl Conn {
 
     /// Writes the answer straight to the socket and shuts it, for requests whose remaining
     /// bytes we cannot or will not read. may_minihttp then finds the socket closed and drops
-    /// the connection; its own copy of the answer goes nowhere.
-    fn answer_and_close(&mut self, rsp: &mut Response, r: Reply) -> io::Result<()> {
+    /// the connection; whatever it still holds is never parsed (`closed`).
+    fn answer_and_close(&mut self, r: Reply) {
         let mut raw =
             format!("HTTP/1.1 {} {}\r\nContent-Type: application/json\r\n", r.code, r.reason);
         for h in r.headers {
@@ -301,33 +369,14 @@ impl Conn {
             r.body.len() + 1,
             r.body
         ));
-        if self.fd >= 0 {
-            // SAFETY: `fd` is this connection's socket, open for as long as this `Conn` lives
-            // (may_minihttp drops the service before the stream). A short or failed write only
-            // loses the answer to a client that is misbehaving anyway.
-            unsafe {
-                libc::send(
-                    self.fd,
-                    raw.as_ptr().cast(),
-                    raw.len(),
-                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                );
-            }
-        }
-        self.close();
-        rsp.status_code(r.code, r.reason);
-        Ok(())
+        self.closed = true;
+        guard::write_and_shut(self.fd, raw.as_bytes());
     }
 
     /// Shuts the socket both ways; the connection loop then ends on its next read or write.
     fn close(&mut self) {
         self.closed = true;
-        if self.fd >= 0 {
-            // SAFETY: see `answer_and_close`; shutdown never invalidates the fd itself.
-            unsafe {
-                libc::shutdown(self.fd, libc::SHUT_RDWR);
-            }
-        }
+        guard::write_and_shut(self.fd, b"");
     }
 }
 

@@ -40,10 +40,15 @@ fn alertmanager_bin() -> String {
 }
 
 fn start_alertmanager(webhook: &str) -> Alertmanager {
+    start_alertmanager_with(webhook, "")
+}
+
+/// `http_config` is inserted under the webhook config (already indented), e.g. credentials.
+fn start_alertmanager_with(webhook: &str, http_config: &str) -> Alertmanager {
     let dir = TempDir::new("am");
     let config = format!(
         "route:\n  receiver: relay\n  group_by: ['alertname']\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-         receivers:\n- name: relay\n  webhook_configs:\n  - url: '{webhook}'\n    send_resolved: true\n"
+         receivers:\n- name: relay\n  webhook_configs:\n  - url: '{webhook}'\n    send_resolved: true\n{http_config}"
     );
     let config_path = dir.path().join("alertmanager.yml");
     std::fs::write(&config_path, config).expect("config");
@@ -159,4 +164,50 @@ fn alertmanager_retries_when_the_relay_answers_503() {
     wait_until(Duration::from_secs(60), "retried notification delivered", || {
         fake.delivered().iter().any(|r| r.content().contains("E2ERetry"))
     });
+}
+
+#[test]
+#[ignore = "needs Alertmanager; run by ci/test.sh"]
+fn alertmanager_authenticates_with_bearer_and_basic() {
+    let fake = FakeWeCom::start();
+    let dir = TempDir::new("am-auth");
+    let token = dir.path().join("token");
+    let users = dir.path().join("users");
+    std::fs::write(&token, "am-t0ken\n").expect("token");
+    std::fs::write(&users, "alertmanager:s3cret\n").expect("users");
+    let relay = Relay::start(&[
+        "--key",
+        &fake.url(),
+        "--auth-token-file",
+        token.to_str().expect("utf8"),
+        "--basic-auth-file",
+        users.to_str().expect("utf8"),
+    ]);
+    let url = format!("http://{}/alertinfo", relay.addr);
+    let bearer = format!(
+        "    http_config:\n      authorization:\n        credentials_file: '{}'\n",
+        token.display()
+    );
+    let basic = "    http_config:\n      basic_auth:\n        username: alertmanager\n        password: s3cret\n";
+    let wrong = "    http_config:\n      basic_auth:\n        username: alertmanager\n        password: wrong\n";
+    for (name, http_config, delivered) in
+        [("bearer", bearer.as_str(), true), ("basic", basic, true), ("wrong", wrong, false)]
+    {
+        let am = start_alertmanager_with(&url, http_config);
+        let alertname = format!("E2EAuth{name}");
+        post_alerts(
+            &am,
+            json!([{"labels": {"alertname": alertname, "instance": "n1"}, "startsAt": rfc3339(SystemTime::now())}]),
+        );
+        if delivered {
+            wait_until(Duration::from_secs(30), name, || {
+                fake.delivered().iter().any(|r| r.content().contains(&alertname))
+            });
+        } else {
+            wait_until(Duration::from_secs(30), "401 answered", || {
+                relay.metrics_with("Bearer am-t0ken").contains("reason=\"unauthorized\"")
+            });
+            assert!(!fake.received().iter().any(|r| r.content().contains(&alertname)));
+        }
+    }
 }

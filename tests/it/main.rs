@@ -5,6 +5,7 @@
 mod alertmanager_e2e;
 mod cli;
 mod delivery;
+mod hardening;
 mod intake;
 mod spool;
 mod tls;

@@ -542,6 +542,14 @@ impl Relay {
     pub fn metrics(&self) -> String {
         get(self.addr, "/metrics").body
     }
+
+    /// `/metrics` with an `Authorization` header.
+    pub fn metrics_with(&self, authorization: &str) -> String {
+        let raw = format!(
+            "GET /metrics HTTP/1.1\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n"
+        );
+        raw_request(self.addr, raw.as_bytes()).map(|r| r.body).unwrap_or_default()
+    }
 }
 
 impl Drop for Relay {
