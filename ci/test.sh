@@ -22,6 +22,9 @@ need_apt() { # need_apt COMMAND PACKAGE...
 
 need_apt prometheus-alertmanager prometheus-alertmanager
 need_apt openssl openssl
+need_apt aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
+need_apt qemu-aarch64-static qemu-user-static
+need_apt readelf binutils
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -31,3 +34,14 @@ echo "== cargo test (unit, integration, real Alertmanager; fuzzing for a bounded
 WEIXIN_ROBOT_FUZZ_SECONDS=${WEIXIN_ROBOT_FUZZ_SECONDS:-20} \
 WEIXIN_ROBOT_FUZZ_REQUESTS=${WEIXIN_ROBOT_FUZZ_REQUESTS:-2000} \
   cargo test --locked -- --include-ignored
+
+echo "== static musl binaries for x86_64 and aarch64, each smoke-tested (aarch64 under qemu)"
+packaging/build-static.sh
+version=$(cargo metadata --no-deps --format-version 1 | sed -n 's/.*"name":"weixin-robot","version":"\([^"]*\)".*/\1/p')
+for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+  runner=""
+  [ "$target" = aarch64-unknown-linux-musl ] && runner=qemu-aarch64-static
+  WEIXIN_ROBOT_BIN="$PWD/dist/weixin-robot-$version-$target" WEIXIN_ROBOT_RUNNER="$runner" \
+  WEIXIN_ROBOT_EXPECT_TARGET="$target" \
+    cargo test --locked --test it smoke -- --nocapture
+done

@@ -18,6 +18,20 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_weixin-robot");
+
+/// The relay command: `WEIXIN_ROBOT_BIN` overrides the binary under test (the static builds in
+/// dist/), and `WEIXIN_ROBOT_RUNNER` runs it through an emulator such as qemu-aarch64-static.
+pub fn relay_command() -> Command {
+    let bin = std::env::var("WEIXIN_ROBOT_BIN").unwrap_or_else(|_| BIN.to_string());
+    match std::env::var("WEIXIN_ROBOT_RUNNER").ok().filter(|r| !r.is_empty()) {
+        Some(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
 pub const SECRET: &str = "SeCrEtKeY-0123456789-abcdef";
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; panics with `what` on timeout.
@@ -451,7 +465,7 @@ impl Relay {
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Relay {
         for _attempt in 0..5 {
             let port = free_port();
-            let mut cmd = Command::new(BIN);
+            let mut cmd = relay_command();
             cmd.args(["--listen", "127.0.0.1", "--port", &port.to_string()])
                 .args(args)
                 .env_remove("KEY")
@@ -481,7 +495,8 @@ impl Relay {
     }
 
     fn wait_healthy(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: under qemu user emulation start-up takes a while.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
@@ -561,7 +576,7 @@ impl Drop for Relay {
 
 /// Runs the binary to completion (for exit-code tests).
 pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = relay_command();
     cmd.args(args).env_remove("KEY").env_remove("PORT").stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
