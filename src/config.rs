@@ -218,10 +218,22 @@ pub const FLAGS: &[Flag] = &[
 /// What the user typed, before any checking. Missing means "not given" (flag nor env).
 #[derive(Default, Debug)]
 pub struct RawArgs {
+    pub command: Command,
     pub help: bool,
     pub version: bool,
     pub dry_run: bool,
     values: Vec<(&'static str, String)>,
+}
+
+/// What to do: run the relay (the default), or one of the helper commands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Command {
+    #[default]
+    Serve,
+    /// `render [FILE|-]`: print the messages a payload would become; `None` reads stdin.
+    Render(Option<PathBuf>),
+    /// `send-test`: send one test message and print WeCom's answer.
+    SendTest,
 }
 
 impl RawArgs {
@@ -279,8 +291,19 @@ pub fn parse_args(
     args: Vec<std::ffi::OsString>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<RawArgs, Error> {
-    let mut pargs = pico_args::Arguments::from_vec(args);
+    let mut args = args;
     let mut raw = RawArgs::default();
+    let is_command = |a: &std::ffi::OsString, name: &str| a.to_str() == Some(name);
+    if let Some(first) = args.first() {
+        if is_command(first, "render") {
+            raw.command = Command::Render(None);
+            args.remove(0);
+        } else if is_command(first, "send-test") {
+            raw.command = Command::SendTest;
+            args.remove(0);
+        }
+    }
+    let mut pargs = pico_args::Arguments::from_vec(args);
     for flag in FLAGS {
         let keys: pico_args::Keys = match flag.short {
             Some(short) => [short, flag.long].into(),
@@ -311,7 +334,13 @@ pub fn parse_args(
             raw.values.push((flag.long, value));
         }
     }
-    let rest = pargs.finish();
+    let mut rest = pargs.finish();
+    if raw.command == Command::Render(None) && !rest.is_empty() {
+        let file = rest.remove(0);
+        if file != "-" {
+            raw.command = Command::Render(Some(PathBuf::from(file)));
+        }
+    }
     if let Some(first) = rest.first() {
         let shown = first.to_string_lossy();
         let shown = if shown.starts_with('-') { shown.into_owned() } else { "a value".into() };
@@ -332,6 +361,8 @@ pub fn help_text() -> String {
         env!("CARGO_PKG_VERSION"),
         "\nRelay Prometheus Alertmanager webhook notifications to a WeCom group robot.\n\n",
         "USAGE:\n    weixin-robot --key-file PATH [OPTIONS]\n",
+        "    weixin-robot render [FILE|-] [--tz OFFSET]   print the messages a payload becomes\n",
+        "    weixin-robot send-test --key-file PATH       send one test message, show the answer\n",
         "    weixin-robot --port 6000 --key https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=...\n\n",
         "Alertmanager posts to http://HOST:PORT/alertinfo.\n\nOPTIONS:\n"
     ));
@@ -588,7 +619,7 @@ impl Config {
                     .map_err(|source| Error::KeyFile { path, source })?;
                 Some(text)
             }
-            (None, None) if raw.dry_run => None,
+            (None, None) if raw.dry_run || matches!(raw.command, Command::Render(_)) => None,
             (None, None) => {
                 return Err(Error::Args(
                     "missing webhook key: pass --key, --key-file or set KEY".into(),

@@ -5,6 +5,7 @@
 mod alertmanager;
 mod auth;
 mod build;
+mod commands;
 mod config;
 mod guard;
 mod intake;
@@ -74,7 +75,16 @@ fn run() -> Result<(), Failure> {
     }
     let config = Config::from_raw(&raw).map_err(|e| Failure::Usage(e.to_string()))?;
     logger::init();
+    match &raw.command {
+        config::Command::Serve => serve(&config, &signals),
+        config::Command::Render(path) => {
+            commands::render(&config, path.as_deref()).map_err(Failure::Runtime)
+        }
+        config::Command::SendTest => commands::send_test(&config).map_err(Failure::Runtime),
+    }
+}
 
+fn serve(config: &Config, signals: &Signals) -> Result<(), Failure> {
     let client = wecom::Client::new(config.send_timeout, config.ca_file.as_deref())
         .map_err(Failure::Usage)?;
     let target = match (&config.webhook, config.dry_run) {
@@ -90,7 +100,7 @@ fn run() -> Result<(), Failure> {
         }
     };
 
-    let outbox = Arc::new(open_outbox(&config)?);
+    let outbox = Arc::new(open_outbox(config)?);
     let robot = "default".to_string();
     sender::spawn(
         Arc::clone(&outbox),

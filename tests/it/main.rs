@@ -7,6 +7,7 @@ mod cli;
 mod delivery;
 mod hardening;
 mod intake;
+mod operability;
 mod smoke;
 mod spool;
 mod tls;

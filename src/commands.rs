@@ -1,0 +1,72 @@
+//! The helper commands: `render` (try a layout without sending) and `send-test` (check the
+//! key and the network path to WeCom). Both print for a human and return what `main` turns
+//! into an exit code.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::alertmanager::Timestamp;
+use crate::config::Config;
+use crate::intake;
+use crate::render::format_time;
+use crate::wecom::{self, SendError};
+
+/// Prints each message a payload becomes, exactly as it would be sent as `markdown.content`,
+/// after splitting. Reads `path`, or stdin when `None`; at most `--max-body` bytes.
+pub fn render(config: &Config, path: Option<&Path>) -> Result<(), String> {
+    let mut body = Vec::new();
+    let limit = config.max_body_bytes;
+    let read = match path {
+        Some(p) => std::fs::File::open(p)
+            .and_then(|f| f.take(limit + 1).read_to_end(&mut body))
+            .map_err(|e| format!("reading {}: {e}", p.display())),
+        None => std::io::stdin()
+            .take(limit + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| format!("reading stdin: {e}")),
+    };
+    read?;
+    if body.len() as u64 > limit {
+        return Err(format!("payload is larger than --max-body ({limit} bytes)"));
+    }
+    let prepared =
+        intake::prepare(&body, config.tz).map_err(|e| format!("payload rejected: {e}"))?;
+    let parts = &prepared.item.parts;
+    for (i, part) in parts.iter().enumerate() {
+        println!("----- message {}/{} ({} bytes) -----", i + 1, parts.len(), part.len());
+        println!("{part}");
+    }
+    Ok(())
+}
+
+/// Sends one short markdown message and prints WeCom's answer with a hint for known errcodes.
+pub fn send_test(config: &Config) -> Result<(), String> {
+    let url = config.webhook.as_ref().ok_or("send-test needs --key or --key-file")?;
+    let client = wecom::Client::new(config.send_timeout, config.ca_file.as_deref())?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let when = format_time(Timestamp { unix_seconds: now as i64, nanos: 0 }, config.tz);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let content = format!(
+        "## <font color=\"info\">weixin-robot 测试消息</font>\n> 发送时间: {when}\n> 主机: {}\n> 版本: {}",
+        crate::render::escape(host.trim()),
+        crate::build::VERSION
+    );
+    println!("sending a test message to {url}");
+    let (result, latency) = client.send(url, &wecom::markdown_body(&content));
+    match result {
+        Ok(()) => {
+            println!("ok: WeCom answered errcode 0 in {} ms", latency.as_millis());
+            Ok(())
+        }
+        Err(e) => {
+            println!("failed after {} ms: {e}", latency.as_millis());
+            if let SendError::Api { errcode, .. } = &e {
+                if wecom::hint(*errcode).is_none() {
+                    println!("see https://developer.work.weixin.qq.com/document/path/90313 for errcode {errcode}");
+                }
+            }
+            Err(format!("send-test failed ({})", e.class().as_str()))
+        }
+    }
+}

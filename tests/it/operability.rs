@@ -1,0 +1,194 @@
+//! Operability: the `render` and `send-test` commands, `/metrics`, and a run that forces every
+//! failure path and then searches all logs, metrics and spool file names for the key.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::util::*;
+
+/// `render` prints exactly the messages the golden file lists, after splitting.
+#[test]
+fn render_command_matches_golden_files() {
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    for case in ["firing", "mixed", "oversized", "cjk"] {
+        let json = golden.join(format!("{case}.json"));
+        let (code, out, err) = run_to_exit(&["render", json.to_str().expect("utf8")], &[]);
+        assert_eq!(code, Some(0), "{case}: {err}");
+        let want: Vec<String> = std::fs::read_to_string(golden.join(format!("{case}.md")))
+            .expect("golden md")
+            .trim_end_matches('\n')
+            .split("\n\n----- next message -----\n\n")
+            .map(str::to_string)
+            .collect();
+        let mut got: Vec<String> = Vec::new();
+        for line in out.lines() {
+            if line.starts_with("----- message ") {
+                got.push(String::new());
+            } else if let Some(last) = got.last_mut() {
+                if !last.is_empty() {
+                    last.push('\n');
+                }
+                last.push_str(line);
+            }
+        }
+        assert_eq!(got, want, "{case}");
+        for (i, part) in got.iter().enumerate() {
+            assert!(out.contains(&format!(
+                "----- message {}/{} ({} bytes) -----",
+                i + 1,
+                got.len(),
+                part.len()
+            )));
+        }
+    }
+}
+
+#[test]
+fn render_reads_stdin_and_rejects_bad_payloads() {
+    let mut child = relay_command()
+        .args(["render", "-", "--tz", "Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let body = payload("stdin", &[A("st1", "firing", "FromStdin")]);
+    child.stdin.take().expect("stdin").write_all(&body).expect("write");
+    let out = child.wait_with_output().expect("output");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FromStdin") && text.contains("告警时间: 2024-05-01 12:00:00"), "{text}");
+
+    let (code, _, err) = run_to_exit(&["render", "/dev/null"], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("payload rejected: body is not JSON"), "{err}");
+}
+
+#[test]
+fn send_test_prints_the_answer_with_a_hint() {
+    let fake = FakeWeCom::start();
+    let (code, out, _) = run_to_exit(&["send-test", "--key", &fake.url()], &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok: WeCom answered errcode 0"), "{out}");
+    assert!(fake.delivered()[0].content().contains("weixin-robot 测试消息"));
+
+    for (errcode, hint) in
+        [(93000, "the key is wrong or the robot was removed"), (45009, "rate limited")]
+    {
+        fake.script([Behave::Errcode(errcode)]);
+        let (code, out, err) = run_to_exit(&["send-test", "--key", &fake.url()], &[]);
+        assert_eq!(code, Some(1));
+        assert!(out.contains(&format!("errcode {errcode}")) && out.contains(hint), "{out}");
+        assert!(!out.contains(SECRET) && !err.contains(SECRET), "{out}{err}");
+    }
+}
+
+#[test]
+fn metrics_count_what_happened() {
+    let fake = FakeWeCom::start();
+    fake.script([Behave::Errcode(45009)]);
+    let relay =
+        Relay::start(&["--key", &fake.url(), "--rate", "5/500ms", "--retry-initial", "20ms"]);
+    assert_eq!(
+        relay.post(&payload("m", &[A("m1", "firing", "M"), A("m2", "resolved", "M")])).status,
+        200
+    );
+    assert_eq!(relay.post(b"nope").status, 400);
+    wait_until(Duration::from_secs(10), "delivered after 45009", || fake.delivered().len() == 1);
+    let m = relay.metrics();
+    for line in [
+        "weixin_robot_notifications_received_total{status=\"firing\"} 1",
+        "weixin_robot_alerts_received_total{status=\"firing\"} 1",
+        "weixin_robot_alerts_received_total{status=\"resolved\"} 1",
+        "weixin_robot_requests_rejected_total{reason=\"bad_payload\"} 1",
+        "weixin_robot_messages_sent_total{robot=\"default\"} 1",
+        "weixin_robot_messages_failed_total{robot=\"default\",reason=\"errcode\",class=\"rate_limited\",errcode=\"45009\"} 1",
+        "weixin_robot_retries_total{robot=\"default\"} 1",
+        "weixin_robot_outbox_messages{robot=\"default\"} 0",
+        "weixin_robot_send_duration_seconds_count 2",
+        "weixin_robot_build_info{version=\"",
+    ] {
+        assert!(m.contains(line), "missing {line:?} in\n{m}");
+    }
+    // Every sample line is `name{labels} value` or `name value`: the text format parses.
+    for l in m.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let value = l.rsplit(' ').next().unwrap_or("");
+        assert!(value.parse::<f64>().is_ok(), "bad sample line {l:?}");
+    }
+}
+
+/// Force every failure path, at debug log level, and look for the key everywhere.
+#[test]
+fn the_key_never_leaks() {
+    let dir = TempDir::new("leak");
+    let fake = FakeWeCom::start();
+    fake.script([
+        Behave::Errcode(93000),
+        Behave::Errcode(45009),
+        Behave::Http(500),
+        Behave::Http(404),
+        Behave::Garbage,
+        Behave::Hang(Duration::from_millis(800)),
+        Behave::Errcode(40058),
+        Behave::Errcode(-1),
+    ]);
+    let state = dir.path().to_str().expect("utf8");
+    let mut relay = Relay::start_env(
+        &[
+            "--key",
+            &fake.url(),
+            "--state-dir",
+            state,
+            "--timeout",
+            "300ms",
+            "--retry-initial",
+            "20ms",
+            "--retry-max",
+            "50ms",
+            "--rate",
+            "50/1s",
+        ],
+        &[("RUST_LOG", "debug"), ("IT_RUST_LOG", "debug")],
+    );
+    for i in 0..6 {
+        let _ =
+            relay.post(&payload(&format!("leak{i}"), &[A(&format!("lk{i}"), "firing", "Leak")]));
+        wait_until(Duration::from_secs(10), "each message attempted", || fake.received().len() > i);
+    }
+    let _ = relay.post(b"{bad");
+    // Merging packs queued notifications together, so count settled work, not sends.
+    wait_until(Duration::from_secs(20), "the outbox settled", || {
+        relay.metrics().contains("weixin_robot_outbox_messages{robot=\"default\"} 0")
+    });
+    let metrics = relay.metrics();
+    relay.signal("TERM");
+    relay.wait_exit(Duration::from_secs(15));
+    let logs = relay.logs();
+    assert!(logs.contains("DEBUG"), "the run was at debug level");
+    assert!(
+        logs.contains("errcode=93000") && logs.contains("timed out"),
+        "failure paths were hit:\n{logs}"
+    );
+    assert!(!logs.contains(SECRET), "key in logs:\n{logs}");
+    assert!(!metrics.contains(SECRET), "key in metrics");
+    let mut names = Vec::new();
+    for sub in ["queue", "failed", "corrupt"] {
+        for e in std::fs::read_dir(dir.path().join(sub)).into_iter().flatten().flatten() {
+            names.push(e.file_name().to_string_lossy().into_owned());
+            let content = std::fs::read_to_string(e.path()).unwrap_or_default();
+            assert!(!content.contains(SECRET), "key inside {sub}/{:?}", e.file_name());
+        }
+    }
+    assert!(
+        names.iter().any(|n| n.ends_with(".md")),
+        "failed/ has the dropped messages: {names:?}"
+    );
+    assert!(!names.iter().any(|n| n.contains(SECRET)));
+
+    // Usage errors and --help, with the key in the environment.
+    let (_, help, _) = run_to_exit(&["--help"], &[("KEY", &fake.url())]);
+    assert!(!help.contains(SECRET));
+    let (_, _, err) = run_to_exit(&["--port", "x"], &[("KEY", &fake.url())]);
+    assert!(!err.contains(SECRET), "{err}");
+}
