@@ -25,6 +25,9 @@ need_apt openssl openssl
 need_apt aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
 need_apt qemu-aarch64-static qemu-user-static
 need_apt readelf binutils
+need_apt lintian lintian
+need_apt rpm rpm
+need_apt systemd-analyze systemd
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -45,3 +48,7 @@ for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
   WEIXIN_ROBOT_EXPECT_TARGET="$target" \
     cargo test --locked --test it smoke -- --nocapture
 done
+
+echo "== .deb and .rpm packages: lintian, rpm metadata, unit hardening, dpkg round trip"
+packaging/build-packages.sh
+packaging/check-packages.sh

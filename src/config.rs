@@ -223,6 +223,8 @@ pub struct RawArgs {
     pub version: bool,
     pub dry_run: bool,
     values: Vec<(&'static str, String)>,
+    /// Flags given on the command line (as opposed to through the environment).
+    from_command_line: Vec<&'static str>,
 }
 
 /// What to do: run the relay (the default), or one of the helper commands.
@@ -329,6 +331,9 @@ pub fn parse_args(
                 _ => format!("{}: cannot read its value", flag.long),
             })
         })?;
+        if given.is_some() {
+            raw.from_command_line.push(flag.long);
+        }
         let value = given.or_else(|| flag.env.and_then(|name| env(name).filter(|v| !v.is_empty())));
         if let Some(value) = value {
             raw.values.push((flag.long, value));
@@ -407,7 +412,7 @@ impl WebhookUrl {
     pub fn parse(input: &str) -> Result<WebhookUrl, String> {
         let input = input.trim();
         if input.is_empty() {
-            return Err("empty".into());
+            return Err("empty: give the webhook URL or key".into());
         }
         if !input.contains("://") {
             if !input.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
@@ -608,7 +613,20 @@ impl Config {
                 .parse()
                 .map_err(|_| invalid("--listen", "expected an IP address such as 0.0.0.0 or ::"))?;
 
-        let key_text = match (raw.get("--key"), raw.get("--key-file")) {
+        // The command line beats the environment across the pair, so a unit that passes
+        // --key-file still works when an environment file also sets KEY.
+        let on_cli = |f: &str| raw.from_command_line.contains(&f);
+        let (key, key_file) = match (raw.get("--key"), raw.get("--key-file")) {
+            (Some(k), Some(f)) if on_cli("--key") != on_cli("--key-file") => {
+                if on_cli("--key") {
+                    (Some(k), None)
+                } else {
+                    (None, Some(f))
+                }
+            }
+            pair => pair,
+        };
+        let key_text = match (key, key_file) {
             (Some(_), Some(_)) => {
                 return Err(Error::Args("give either --key or --key-file, not both".into()))
             }
@@ -617,7 +635,10 @@ impl Config {
                 let path = PathBuf::from(path);
                 let text = std::fs::read_to_string(&path)
                     .map_err(|source| Error::KeyFile { path, source })?;
-                Some(text)
+                // The first line that is not blank or a `#` comment, so a packaged
+                // placeholder can explain itself.
+                let key = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
+                Some(key.unwrap_or("").to_string())
             }
             (None, None) if raw.dry_run || matches!(raw.command, Command::Render(_)) => None,
             (None, None) => {
@@ -626,7 +647,7 @@ impl Config {
                 ))
             }
         };
-        let flag_name = if raw.get("--key").is_some() { "--key" } else { "--key-file" };
+        let flag_name = if key.is_some() { "--key" } else { "--key-file" };
         let webhook = key_text
             .map(|text| WebhookUrl::parse(&text).map_err(|r| invalid(flag_name, r)))
             .transpose()?;
@@ -769,6 +790,20 @@ mod tests {
     }
 
     #[test]
+    fn command_line_key_file_beats_key_from_the_environment() {
+        let dir = std::env::temp_dir().join(format!("wxr-keyfile-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("key");
+        let _ = std::fs::write(&path, "FROMFILE\n");
+        let p = path.to_str().unwrap_or_default();
+        let c = config(&["--key-file", p], &[("KEY", "FROMENV")]).expect("cli wins");
+        assert!(c.webhook.map(|w| w.expose().ends_with("key=FROMFILE")).unwrap_or(false));
+        let err = config(&["--key-file", p, "--key", "X"], &[]).expect_err("both on the cli");
+        assert!(err.to_string().contains("not both"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn missing_key_is_an_error() {
         let err = config(&[], &[]).expect_err("no key").to_string();
         assert!(err.contains("missing webhook key"), "{err}");
@@ -833,7 +868,67 @@ mod tests {
         out
     }
 
-    /// README.md carries the flag table between markers; `UPDATE_README=1 cargo test readme`
+    /// The man page, generated from [`FLAGS`] like `--help`.
+    fn man_page() -> String {
+        let esc = |t: &str| t.replace('\\', "\\e").replace('-', "\\-");
+        let mut out = String::from(
+            ".TH WEIXIN-ROBOT 1 \"\" \"weixin-robot\" \"User Commands\"\n\
+             .SH NAME\nweixin\\-robot \\- relay Prometheus Alertmanager webhooks to WeCom group robots\n\
+             .SH SYNOPSIS\n.B weixin\\-robot\n[\\fIOPTIONS\\fR]\n.br\n.B weixin\\-robot render\n[\\fIFILE\\fR|\\-] [\\-\\-tz \\fIOFFSET\\fR]\n.br\n.B weixin\\-robot send\\-test\n\\-\\-key\\-file \\fIPATH\\fR\n\
+             .SH DESCRIPTION\nAccepts Alertmanager webhook notifications on \\fBPOST /alertinfo\\fR and delivers them \
+             to a WeCom (企业微信) group robot as markdown messages, within WeCom's rate limit, \
+             with retries, deduplication and an optional on-disk outbox.\n.SH OPTIONS\n",
+        );
+        for flag in FLAGS {
+            out.push_str(".TP\n.B ");
+            if let Some(short) = flag.short {
+                out.push_str(&format!("{}, ", esc(short)));
+            }
+            out.push_str(&esc(flag.long));
+            if let Some(value) = flag.value {
+                out.push_str(&format!(" \\fI{}\\fR", esc(value)));
+            }
+            out.push('\n');
+            out.push_str(&esc(flag.help));
+            let mut extra = Vec::new();
+            if let Some(d) = flag.default {
+                extra.push(format!("Default: {}.", esc(d)));
+            }
+            if let Some(e) = flag.env {
+                extra.push(format!("Environment: \\fB{}\\fR.", esc(e)));
+            }
+            if !extra.is_empty() {
+                out.push_str(&format!(". {}", extra.join(" ")));
+            }
+            out.push('\n');
+        }
+        out.push_str(
+            ".SH EXIT STATUS\n0 clean shutdown, 1 runtime failure, 2 invalid command line or configuration.\n\
+             .SH ENVIRONMENT\n\\fBRUST_LOG\\fR sets the log level (default info). \
+             \\fBHTTPS_PROXY\\fR, \\fBNO_PROXY\\fR are honoured.\n\
+             .SH FILES\n/etc/weixin\\-robot/key, /etc/default/weixin\\-robot or /etc/sysconfig/weixin\\-robot, \
+             /var/lib/weixin\\-robot (outbox spool).\n.SH SEE ALSO\n/usr/share/doc/weixin\\-robot/README.md\n",
+        );
+        out
+    }
+
+    #[test]
+    fn man_page_is_current() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/weixin-robot.1");
+        let want = man_page();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            let _ = std::fs::write(&path, &want);
+            return;
+        }
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            current, want,
+            "packaging/weixin-robot.1 is stale: UPDATE_DOCS=1 cargo test man_page"
+        );
+    }
+
+    /// README.md carries the flag table between markers; `UPDATE_DOCS=1 cargo test readme`
     /// rewrites it.
     #[test]
     fn readme_flags_table_is_current() {
@@ -845,12 +940,12 @@ mod tests {
         };
         let current = &readme[a + start.len()..b];
         let want = markdown_table();
-        if std::env::var_os("UPDATE_README").is_some() {
+        if std::env::var_os("UPDATE_DOCS").is_some() {
             let updated = format!("{}{want}{}", &readme[..a + start.len()], &readme[b..]);
             let _ = std::fs::write(&path, updated);
             return;
         }
-        assert_eq!(current, want, "README flag table is stale: UPDATE_README=1 cargo test readme");
+        assert_eq!(current, want, "README flag table is stale: UPDATE_DOCS=1 cargo test readme");
     }
 
     #[test]
