@@ -28,6 +28,11 @@ need_apt readelf binutils
 need_apt lintian lintian
 need_apt rpm rpm
 need_apt systemd-analyze systemd
+need_apt umoci umoci
+need_apt skopeo skopeo
+need_apt runc runc
+need_apt docker-compose docker-compose
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt no-such-command python3-venv
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -52,3 +57,8 @@ done
 echo "== .deb and .rpm packages: lintian, rpm metadata, unit hardening, dpkg round trip"
 packaging/build-packages.sh
 packaging/check-packages.sh
+
+echo "== container images (umoci/skopeo, amd64 run with runc), compose and Kubernetes files"
+packaging/build-images.sh
+packaging/check-images.sh
+packaging/check-deploy.sh

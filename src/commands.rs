@@ -70,3 +70,34 @@ pub fn send_test(config: &Config) -> Result<(), String> {
         }
     }
 }
+
+/// Asks the relay this configuration describes for `/healthz`; Ok when it answers 200.
+/// Used as the container health check, where there is no shell or curl.
+pub fn healthcheck(config: &Config) -> Result<(), String> {
+    use std::io::Write;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    let ip = match config.listen.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let addr = SocketAddr::new(ip, config.listen.port());
+    let timeout = Duration::from_secs(2);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("healthcheck: connecting to {addr}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(timeout));
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("healthcheck: {e}"))?;
+    let mut answer = [0u8; 32];
+    let n = stream.read(&mut answer).map_err(|e| format!("healthcheck: reading: {e}"))?;
+    let status_line = String::from_utf8_lossy(&answer[..n]);
+    if status_line.starts_with("HTTP/1.1 200") {
+        println!("ok: {addr} answered /healthz");
+        Ok(())
+    } else {
+        Err(format!("healthcheck: {addr} answered {:?}", status_line.lines().next().unwrap_or("")))
+    }
+}

@@ -236,6 +236,9 @@ pub enum Command {
     Render(Option<PathBuf>),
     /// `send-test`: send one test message and print WeCom's answer.
     SendTest,
+    /// `healthcheck`: exit 0 when the relay on --listen/--port answers /healthz (for images
+    /// without a shell).
+    Healthcheck,
 }
 
 impl RawArgs {
@@ -303,6 +306,9 @@ pub fn parse_args(
         } else if is_command(first, "send-test") {
             raw.command = Command::SendTest;
             args.remove(0);
+        } else if is_command(first, "healthcheck") {
+            raw.command = Command::Healthcheck;
+            args.remove(0);
         }
     }
     let mut pargs = pico_args::Arguments::from_vec(args);
@@ -368,6 +374,7 @@ pub fn help_text() -> String {
         "USAGE:\n    weixin-robot --key-file PATH [OPTIONS]\n",
         "    weixin-robot render [FILE|-] [--tz OFFSET]   print the messages a payload becomes\n",
         "    weixin-robot send-test --key-file PATH       send one test message, show the answer\n",
+        "    weixin-robot healthcheck [--port PORT]       exit 0 when the relay answers /healthz\n",
         "    weixin-robot --port 6000 --key https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=...\n\n",
         "Alertmanager posts to http://HOST:PORT/alertinfo.\n\nOPTIONS:\n"
     ));
@@ -637,10 +644,16 @@ impl Config {
                     .map_err(|source| Error::KeyFile { path, source })?;
                 // The first line that is not blank or a `#` comment, so a packaged
                 // placeholder can explain itself.
-                let key = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
+                let key =
+                    text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
                 Some(key.unwrap_or("").to_string())
             }
-            (None, None) if raw.dry_run || matches!(raw.command, Command::Render(_)) => None,
+            (None, None)
+                if raw.dry_run
+                    || matches!(raw.command, Command::Render(_) | Command::Healthcheck) =>
+            {
+                None
+            }
             (None, None) => {
                 return Err(Error::Args(
                     "missing webhook key: pass --key, --key-file or set KEY".into(),

@@ -81,6 +81,7 @@ fn run() -> Result<(), Failure> {
             commands::render(&config, path.as_deref()).map_err(Failure::Runtime)
         }
         config::Command::SendTest => commands::send_test(&config).map_err(Failure::Runtime),
+        config::Command::Healthcheck => commands::healthcheck(&config).map_err(Failure::Runtime),
     }
 }
 

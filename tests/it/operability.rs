@@ -192,3 +192,18 @@ fn the_key_never_leaks() {
     let (_, _, err) = run_to_exit(&["--port", "x"], &[("KEY", &fake.url())]);
     assert!(!err.contains(SECRET), "{err}");
 }
+
+#[test]
+fn healthcheck_command_for_images_without_a_shell() {
+    let relay = Relay::start(&["--dry-run"]);
+    let port = relay.addr.port().to_string();
+    let (code, out, _) = run_to_exit(&["healthcheck", "--port", &port], &[]);
+    assert_eq!(code, Some(0), "{out}");
+    // Same as a container would: PORT from the environment, default listen address.
+    let (code, _, _) = run_to_exit(&["healthcheck"], &[("PORT", &port)]);
+    assert_eq!(code, Some(0));
+    drop(relay);
+    let (code, _, err) = run_to_exit(&["healthcheck", "--port", &port], &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("healthcheck: connecting"), "{err}");
+}
