@@ -32,7 +32,7 @@ pub fn render(config: &Config, path: Option<&Path>) -> Result<(), String> {
     }
     let prepared =
         intake::prepare(&body, config.tz).map_err(|e| format!("payload rejected: {e}"))?;
-    let parts = &prepared.item.parts;
+    let parts = &prepared.parts;
     for (i, part) in parts.iter().enumerate() {
         println!("----- message {}/{} ({} bytes) -----", i + 1, parts.len(), part.len());
         println!("{part}");

@@ -7,7 +7,9 @@
 //! outside the connection's coroutine: it writes a short answer to the fd and shuts the socket,
 //! after which may_minihttp's own loop ends on its next read. All of that happens under the
 //! registry lock, and deregistration takes the same lock, so the reaper never touches an fd
-//! after its connection closed (and the number was reused).
+//! after its connection closed (and the number was reused). Per-request bookkeeping is atomic
+//! stores into the connection's own [`ConnState`]; only opening, closing and the reaper take
+//! the registry lock, and only the reaper asks the kernel for byte counts.
 //!
 //! - Deadline: a request must arrive within `request_timeout` of the connection opening or of
 //!   the previous answer (slowloris, idle keep-alive), and its body within `request_timeout` of
@@ -20,7 +22,8 @@
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::metrics;
@@ -36,66 +39,85 @@ pub struct Limits {
     pub max_header_bytes: u64,
 }
 
+/// One connection's timing, shared by the connection (which updates it on every request with
+/// plain atomic stores, never taking the registry lock) and the reaper.
+pub struct ConnState {
+    epoch: Instant,
+    timeout_ms: u64,
+    /// Milliseconds after `epoch` at which the current wait (for a head, or a body) ends.
+    deadline_ms: AtomicU64,
+    in_call: AtomicBool,
+    /// Requests answered so far: when it changes, the reaper takes a new byte-count baseline.
+    answered: AtomicU64,
+}
+
+impl ConnState {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A request head arrived: its body now has `request_timeout` to follow.
+    pub fn call_started(&self) {
+        self.deadline_ms.store(self.now_ms() + self.timeout_ms, Ordering::Relaxed);
+        self.in_call.store(true, Ordering::Relaxed);
+    }
+
+    /// The answer is ready: the next request has `request_timeout` to arrive.
+    pub fn call_finished(&self) {
+        self.deadline_ms.store(self.now_ms() + self.timeout_ms, Ordering::Relaxed);
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        self.in_call.store(false, Ordering::Relaxed);
+    }
+}
+
 struct Entry {
-    deadline: Instant,
-    /// Bytes the kernel had received on this socket when the last answer was given.
+    state: Arc<ConnState>,
+    /// Bytes the kernel had received on this socket when the reaper last saw a new answer.
     baseline_bytes: u64,
-    in_call: bool,
+    seen_answered: u64,
     /// Set when the reaper closed the connection: the service then knows not to answer again.
     killed: bool,
 }
 
 pub struct Guard {
     limits: Limits,
+    epoch: Instant,
     conns: Mutex<HashMap<RawFd, Entry>>,
 }
 
 impl Guard {
     pub fn new(limits: Limits) -> Guard {
-        Guard { limits, conns: Mutex::new(HashMap::new()) }
+        Guard { limits, epoch: Instant::now(), conns: Mutex::new(HashMap::new()) }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<RawFd, Entry>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a new connection; false (after answering 503 and closing it) when over the limit.
-    pub fn open(&self, fd: RawFd) -> bool {
+    /// Registers a new connection; `None` (after answering 503 and closing it) when over the
+    /// limit.
+    pub fn open(&self, fd: RawFd) -> Option<Arc<ConnState>> {
         let mut conns = self.lock();
         if conns.len() >= self.limits.max_connections {
             drop(conns);
             metrics::request_rejected("too_many_connections");
             answer_and_shut(fd, 503, "Service Unavailable", "too many connections");
-            return false;
+            return None;
         }
+        let timeout_ms = u64::try_from(self.limits.request_timeout.as_millis()).unwrap_or(u64::MAX);
+        let state = Arc::new(ConnState {
+            epoch: self.epoch,
+            timeout_ms,
+            deadline_ms: AtomicU64::new(0),
+            in_call: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
+        });
+        state.deadline_ms.store(state.now_ms() + timeout_ms, Ordering::Relaxed);
         conns.insert(
             fd,
-            Entry {
-                deadline: Instant::now() + self.limits.request_timeout,
-                baseline_bytes: 0,
-                in_call: false,
-                killed: false,
-            },
+            Entry { state: Arc::clone(&state), baseline_bytes: 0, seen_answered: 0, killed: false },
         );
-        true
-    }
-
-    /// A request head arrived: its body now has `request_timeout` to follow.
-    pub fn call_started(&self, fd: RawFd) {
-        if let Some(e) = self.lock().get_mut(&fd) {
-            e.in_call = true;
-            e.deadline = Instant::now() + self.limits.request_timeout;
-        }
-    }
-
-    /// The answer is ready: the next request has `request_timeout` to arrive.
-    pub fn call_finished(&self, fd: RawFd) {
-        let bytes = bytes_received(fd);
-        if let Some(e) = self.lock().get_mut(&fd) {
-            e.in_call = false;
-            e.deadline = Instant::now() + self.limits.request_timeout;
-            e.baseline_bytes = bytes.unwrap_or(e.baseline_bytes);
-        }
+        Some(state)
     }
 
     /// Deregisters a connection. True when the reaper had closed it.
@@ -108,23 +130,32 @@ impl Guard {
     }
 
     /// One pass of the reaper.
-    pub fn reap(&self, now: Instant) {
+    pub fn reap(&self) {
         let mut conns = self.lock();
         for (&fd, e) in conns.iter_mut() {
             if e.killed {
                 continue;
             }
-            if now >= e.deadline {
+            let st = &e.state;
+            if st.now_ms() >= st.deadline_ms.load(Ordering::Relaxed) {
                 e.killed = true;
                 metrics::request_rejected("timeout");
                 answer_and_shut(fd, 408, "Request Timeout", "request not received in time");
                 continue;
             }
-            if e.in_call {
+            if st.in_call.load(Ordering::Relaxed) {
                 continue;
             }
-            let pending = bytes_received(fd).map_or(0, |b| b.saturating_sub(e.baseline_bytes));
-            if pending > self.limits.max_header_bytes {
+            let answered = st.answered.load(Ordering::Relaxed);
+            let Some(bytes) = bytes_received(fd) else { continue };
+            if answered != e.seen_answered {
+                // Taken a little after the answer, so bytes of a pipelined request that
+                // arrived meanwhile are not counted: errs on the side of the client.
+                e.seen_answered = answered;
+                e.baseline_bytes = bytes;
+                continue;
+            }
+            if bytes.saturating_sub(e.baseline_bytes) > self.limits.max_header_bytes {
                 e.killed = true;
                 metrics::request_rejected("header_too_large");
                 answer_and_shut(
@@ -138,10 +169,10 @@ impl Guard {
     }
 
     /// Runs the reaper on its own OS thread for the life of the process.
-    pub fn spawn_reaper(guard: std::sync::Arc<Guard>) -> std::io::Result<()> {
+    pub fn spawn_reaper(guard: Arc<Guard>) -> std::io::Result<()> {
         std::thread::Builder::new().name("reaper".into()).spawn(move || loop {
             std::thread::sleep(REAP_INTERVAL);
-            guard.reap(Instant::now());
+            guard.reap();
         })?;
         Ok(())
     }

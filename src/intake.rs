@@ -38,50 +38,47 @@ impl fmt::Display for Rejected {
     }
 }
 
-/// What a body turns into before queueing.
-pub struct Prepared {
-    pub payload: Payload,
-    pub item: NewItem,
-}
-
-/// Parses, renders and splits a body into messages ready for the outbox.
-pub fn prepare(body: &[u8], tz: TzOffset) -> Result<Prepared, Rejected> {
+/// Parses a body, refusing JSON nested too deep for a coroutine's stack.
+fn parse(body: &[u8]) -> Result<Payload, Rejected> {
     if json_depth_exceeds(body, MAX_JSON_DEPTH) {
         return Err(Rejected::BadPayload(format!(
             "body is nested deeper than {MAX_JSON_DEPTH} levels"
         )));
     }
-    let payload = alertmanager::parse(body).map_err(|e| Rejected::BadPayload(e.to_string()))?;
-    let parts = split(&render::render(&payload, tz), WECOM_MARKDOWN_MAX_BYTES);
-    let identities: Vec<String> = payload.alerts.iter().map(identity).collect();
-    let has_resolved = payload.alerts.iter().any(|a| a.status == Status::Resolved)
-        || payload.status == Status::Resolved;
-    let dedup_key = (!has_resolved).then(|| dedup_key(&payload));
-    let item = NewItem {
+    alertmanager::parse(body).map_err(|e| Rejected::BadPayload(e.to_string()))
+}
+
+/// Renders and splits a parsed notification into an outbox item.
+fn build(payload: &Payload, tz: TzOffset) -> NewItem {
+    let parts = split(&render::render(payload, tz), WECOM_MARKDOWN_MAX_BYTES);
+    NewItem {
         group_key: payload.group_key.clone(),
-        identities,
-        dedup_key,
+        identities: payload.alerts.iter().map(identity).collect(),
+        dedup_key: dedup_key(payload),
         alerts: payload.alerts.len(),
         parts,
-    };
-    Ok(Prepared { payload, item })
+    }
+}
+
+/// Parses, renders and splits a body into messages ready for the outbox (the `render`
+/// command shows these).
+pub fn prepare(body: &[u8], tz: TzOffset) -> Result<NewItem, Rejected> {
+    Ok(build(&parse(body)?, tz))
 }
 
 /// Queues a body. Logs one line per notification received.
 pub fn accept(body: &[u8], tz: TzOffset, outbox: &Outbox) -> Result<Enqueued, Rejected> {
-    let Prepared { payload, item } = prepare(body, tz)?;
+    let payload = parse(body)?;
     let firing = payload.alerts.iter().filter(|a| a.status == Status::Firing).count();
     let resolved = payload.alerts.len() - firing;
-    let parts = item.parts.len();
-    let bytes: usize = item.parts.iter().map(String::len).sum();
-    let result = outbox.enqueue(item).map_err(Rejected::Unavailable)?;
-    metrics::notification_received(
-        payload.status == Status::Resolved,
-        firing as u64,
-        resolved as u64,
-    );
-    match &result {
-        Enqueued::Queued { id, superseded } => {
+    let duplicate = dedup_key(&payload).is_some_and(|key| outbox.seen(key));
+    let result = if duplicate {
+        Enqueued::Duplicate
+    } else {
+        let item = build(&payload, tz);
+        let (parts, bytes) = (item.parts.len(), item.parts.iter().map(String::len).sum::<usize>());
+        let result = outbox.enqueue(item).map_err(Rejected::Unavailable)?;
+        if let Enqueued::Queued { id, superseded } = &result {
             if *superseded > 0 {
                 metrics::superseded(*superseded);
             }
@@ -91,15 +88,21 @@ pub fn accept(body: &[u8], tz: TzOffset, outbox: &Outbox) -> Result<Enqueued, Re
                 payload.status.as_str(),
             );
         }
-        Enqueued::Duplicate => {
-            metrics::dedup_hit();
-            log::info!(
-                "duplicate notification dropped receiver={:?} status={} alerts={}",
-                payload.receiver,
-                payload.status.as_str(),
-                payload.alerts.len()
-            );
-        }
+        result
+    };
+    metrics::notification_received(
+        payload.status == Status::Resolved,
+        firing as u64,
+        resolved as u64,
+    );
+    if duplicate {
+        metrics::dedup_hit();
+        log::info!(
+            "duplicate notification dropped receiver={:?} status={} alerts={}",
+            payload.receiver,
+            payload.status.as_str(),
+            payload.alerts.len()
+        );
     }
     Ok(result)
 }
@@ -116,7 +119,11 @@ fn identity(alert: &Alert) -> String {
 
 /// Same group, status, and alerts (identity, status, start time) → same key. A re-fired alert
 /// has a new start time, so it is never mistaken for a duplicate of the previous episode.
-fn dedup_key(p: &Payload) -> u64 {
+/// `None` for notifications holding a resolved alert: those are never suppressed.
+fn dedup_key(p: &Payload) -> Option<u64> {
+    if p.status == Status::Resolved || p.alerts.iter().any(|a| a.status == Status::Resolved) {
+        return None;
+    }
     let mut alerts: Vec<(String, &str, Option<i64>)> = p
         .alerts
         .iter()
@@ -125,7 +132,7 @@ fn dedup_key(p: &Payload) -> u64 {
     alerts.sort();
     let mut h = DefaultHasher::new();
     (&p.group_key, &p.receiver, p.status.as_str(), alerts).hash(&mut h);
-    h.finish()
+    Some(h.finish())
 }
 
 /// True when arrays/objects nest deeper than `max` (strings are skipped correctly).
@@ -177,7 +184,7 @@ mod tests {
     }
 
     fn key(body: &str) -> Option<u64> {
-        prepare(body.as_bytes(), TZ).ok().and_then(|p| p.item.dedup_key)
+        prepare(body.as_bytes(), TZ).ok().and_then(|item| item.dedup_key)
     }
 
     #[test]
@@ -284,10 +291,10 @@ mod tests {
                     _ => bytes.insert(pos, b"{[\"\\\xff"[(next() % 5) as usize]),
                 }
             }
-            if let Ok(p) = prepare(&bytes, TZ) {
+            if let Ok(item) = prepare(&bytes, TZ) {
                 accepted += 1;
-                assert!(!p.item.parts.is_empty());
-                for part in &p.item.parts {
+                assert!(!item.parts.is_empty());
+                for part in &item.parts {
                     assert!(part.len() <= WECOM_MARKDOWN_MAX_BYTES, "{} bytes", part.len());
                 }
             }

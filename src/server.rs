@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::auth::Auth;
 use crate::config::TzOffset;
-use crate::guard::{self, Guard};
+use crate::guard::{self, ConnState, Guard};
 use crate::intake::{self, Rejected};
 use crate::metrics;
 use crate::outbox::{EnqueueError, Enqueued, Outbox};
@@ -57,8 +57,9 @@ impl HttpServiceFactory for Factory {
     /// answer and close directly.
     fn new_service(&self, id: usize) -> Conn {
         let fd = RawFd::try_from(id).unwrap_or(-1);
-        let registered = self.app.guard.open(fd);
-        Conn { app: Arc::clone(&self.app), fd, registered, closed: !registered }
+        let state = self.app.guard.open(fd);
+        let closed = state.is_none();
+        Conn { app: Arc::clone(&self.app), fd, state, closed }
     }
 }
 
@@ -66,14 +67,15 @@ impl HttpServiceFactory for Factory {
 pub struct Conn {
     app: Arc<App>,
     fd: RawFd,
-    registered: bool,
+    /// `None` when the guard refused the connection (over the limit).
+    state: Option<Arc<ConnState>>,
     /// Set once we shut the socket: bytes may_minihttp still holds must not become requests.
     closed: bool,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        if !self.registered {
+        if self.state.is_none() {
             return;
         }
         let killed = self.app.guard.close(self.fd);
@@ -206,9 +208,13 @@ impl HttpService for Conn {
         if self.closed {
             return Ok(());
         }
-        self.app.guard.call_started(self.fd);
+        if let Some(state) = &self.state {
+            state.call_started();
+        }
         self.handle(req, rsp);
-        self.app.guard.call_finished(self.fd);
+        if let Some(state) = &self.state {
+            state.call_finished();
+        }
         Ok(())
     }
 }

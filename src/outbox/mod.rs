@@ -35,7 +35,9 @@ pub struct NewItem {
     pub group_key: String,
     /// One per alert (fingerprint, or a label hash when the sender gave none).
     pub identities: Vec<String>,
-    /// `None`: never deduplicated (the notification holds a resolved alert).
+    /// The key [`Outbox::seen`] recorded for this notification, taken back if the outbox
+    /// refuses it so that Alertmanager's retry is not mistaken for a duplicate. `None`: not
+    /// deduplicated (the notification holds a resolved alert).
     pub dedup_key: Option<u64>,
     pub alerts: usize,
     /// Messages within WeCom's limit, in order.
@@ -191,18 +193,22 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// True when `key` was seen within the dedup window; otherwise records it. Checked before
+    /// rendering, so a duplicate costs a parse and a hash, nothing more.
+    pub fn seen(&self, key: u64) -> bool {
+        self.lock().dedup.is_duplicate(key, Instant::now())
+    }
+
     pub fn enqueue(&self, item: NewItem) -> Result<Enqueued, EnqueueError> {
         let bytes: u64 = item.parts.iter().map(|p| p.len() as u64).sum();
         let now = Instant::now();
         let id = {
             let mut st = self.lock();
             if !st.accepting {
-                return Err(EnqueueError::ShuttingDown);
-            }
-            if let Some(key) = item.dedup_key {
-                if st.dedup.is_duplicate(key, now) {
-                    return Ok(Enqueued::Duplicate);
+                if let Some(key) = item.dedup_key {
+                    st.dedup.forget(key);
                 }
+                return Err(EnqueueError::ShuttingDown);
             }
             let over_messages = st.messages + item.parts.len() > self.limits.max_messages;
             let over_bytes = st.bytes + bytes > self.limits.max_bytes;
@@ -512,13 +518,19 @@ mod tests {
     #[test]
     fn full_outbox_refuses_and_dedup_forgets() {
         let o = Outbox::new(limits(2), None);
-        assert!(matches!(o.enqueue(item("g1", &["a"], Some(1), "1")), Ok(Enqueued::Queued { .. })));
-        assert!(matches!(o.enqueue(item("g2", &["b"], Some(2), "2")), Ok(Enqueued::Queued { .. })));
-        assert!(matches!(o.enqueue(item("g3", &["c"], Some(3), "3")), Err(EnqueueError::Full)));
-        assert_eq!(o.enqueue(item("g1", &["a"], Some(1), "1")).ok(), Some(Enqueued::Duplicate));
+        let offer = |group: &str, id: &str, key: u64| {
+            if o.seen(key) {
+                return Ok(Enqueued::Duplicate);
+            }
+            o.enqueue(item(group, &[id], Some(key), id))
+        };
+        assert!(matches!(offer("g1", "1", 1), Ok(Enqueued::Queued { .. })));
+        assert!(matches!(offer("g2", "2", 2), Ok(Enqueued::Queued { .. })));
+        assert!(matches!(offer("g3", "3", 3), Err(EnqueueError::Full)));
+        assert_eq!(offer("g1", "1", 1).ok(), Some(Enqueued::Duplicate));
         assert_eq!(take(&o).as_deref(), Some("1"));
         // Key 3 was forgotten when refused, so Alertmanager's retry gets in.
-        assert!(matches!(o.enqueue(item("g3", &["c"], Some(3), "3")), Ok(Enqueued::Queued { .. })));
+        assert!(matches!(offer("g3", "3", 3), Ok(Enqueued::Queued { .. })));
     }
 
     #[test]
