@@ -11,15 +11,6 @@ use std::time::{Duration, Instant};
 
 use util::*;
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
-
 struct WrkResult {
     rps: String,
     p50: String,
@@ -104,6 +95,28 @@ fn payload_with(alerts: usize) -> String {
     String::from_utf8(payload("bench-UNIQ", &a)).expect("utf8")
 }
 
+/// One table: 1- and 50-alert payloads at 1, 16 and 64 connections. Returns the peak RSS.
+fn table(relay: &Relay, seconds: u32, unique: bool, non_2xx: &str) -> u64 {
+    println!(
+        "| alerts/notification | connections | req/s | p50 | p99 | {non_2xx} | RSS after run |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut peak = 0;
+    for alerts in [1usize, 50] {
+        let body = payload_with(alerts);
+        for c in [1u32, 16, 64] {
+            let r = wrk(relay.addr, &body, c, seconds, unique);
+            let rss = rss_kib(relay.child.id());
+            peak = peak.max(rss);
+            println!(
+                "| {alerts} | {c} | {} | {} | {} | {} | {rss} KiB |",
+                r.rps, r.p50, r.p99, r.non_2xx
+            );
+        }
+    }
+    peak
+}
+
 fn main() {
     let seconds: u32 =
         std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
@@ -149,21 +162,7 @@ fn main() {
     let idle = rss_kib(pid);
     println!("\nRSS idle: {idle} KiB");
     println!("\n### Same notification repeated (HA duplicates: parse, hash, answer 200)\n");
-    println!("| alerts/notification | connections | req/s | p50 | p99 | non-2xx | RSS after run |");
-    println!("|---|---|---|---|---|---|---|");
-    let mut peak = idle;
-    for alerts in [1usize, 50] {
-        let body = payload_with(alerts);
-        for c in [1u32, 16, 64] {
-            let r = wrk(relay.addr, &body, c, seconds, false);
-            let rss = rss_kib(pid);
-            peak = peak.max(rss);
-            println!(
-                "| {alerts} | {c} | {} | {} | {} | {} | {rss} KiB |",
-                r.rps, r.p50, r.p99, r.non_2xx
-            );
-        }
-    }
+    let mut peak = table(&relay, seconds, false, "non-2xx").max(idle);
     drop(relay);
 
     // Every notification new: parse, render, split, enqueue, then packed and sent to the fake
@@ -171,20 +170,7 @@ fn main() {
     let relay = Relay::start(&["--key", &fake.url(), "--rate", "1000000/1s"]);
     let pid = relay.child.id();
     println!("\n### Every notification new (rendered, queued, delivered to the fake)\n");
-    println!("| alerts/notification | connections | req/s | p50 | p99 | non-2xx (503: outbox full) | RSS after run |");
-    println!("|---|---|---|---|---|---|---|");
-    for alerts in [1usize, 50] {
-        let body = payload_with(alerts);
-        for c in [1u32, 16, 64] {
-            let r = wrk(relay.addr, &body, c, seconds, true);
-            let rss = rss_kib(pid);
-            peak = peak.max(rss);
-            println!(
-                "| {alerts} | {c} | {} | {} | {} | {} | {rss} KiB |",
-                r.rps, r.p50, r.p99, r.non_2xx
-            );
-        }
-    }
+    peak = peak.max(table(&relay, seconds, true, "non-2xx (503: outbox full)"));
     wait_until(Duration::from_secs(120), "outbox drained", || {
         relay.metrics().contains("weixin_robot_outbox_messages{robot=\"default\"} 0")
     });

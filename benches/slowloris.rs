@@ -11,15 +11,6 @@ use std::time::{Duration, Instant};
 
 use util::*;
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
-
 fn main() {
     let held: usize =
         std::env::var("SLOWLORIS_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);

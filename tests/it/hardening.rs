@@ -143,15 +143,6 @@ fn connection_limit_answers_503() {
     assert_still_delivers(&relay, &fake, "after-limit");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
-
 /// 1,000 idle or trickling connections do not stop a normal alert from getting through, and
 /// memory stays bounded. (Figures for the README come from benches/, not from here.)
 #[test]
@@ -299,19 +290,9 @@ fn with_auth(relay: &Relay, path: &str, auth: Option<&str>, body: &[u8]) -> Resp
 #[test]
 fn bearer_and_basic_auth() {
     let fake = FakeWeCom::start();
-    let dir = TempDir::new("auth");
-    let token = dir.path().join("token");
+    let (relay, dir) =
+        relay_with_auth(&fake, "t0ken-SeCrEt", "# alertmanager peers\nam:pa55word\nother:x\n");
     let users = dir.path().join("users");
-    std::fs::write(&token, "t0ken-SeCrEt\n").expect("token");
-    std::fs::write(&users, "# alertmanager peers\nam:pa55word\nother:x\n").expect("users");
-    let relay = Relay::start(&[
-        "--key",
-        &fake.url(),
-        "--auth-token-file",
-        token.to_str().expect("utf8"),
-        "--basic-auth-file",
-        users.to_str().expect("utf8"),
-    ]);
     let body = payload("auth", &[A("au1", "firing", "Auth")]);
     // am:pa55word and am:wrong in base64.
     let (good_basic, bad_basic) = ("Basic YW06cGE1NXdvcmQ=", "Basic YW06d3Jvbmc=");

@@ -588,3 +588,32 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Resident memory of a process, from /proc (KiB).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A relay requiring a bearer token (`token`) or basic auth (`users`, user:password lines),
+/// both written to files in the returned directory as `token` and `users`.
+pub fn relay_with_auth(fake: &FakeWeCom, token: &str, users: &str) -> (Relay, TempDir) {
+    let dir = TempDir::new("auth");
+    let token_path = dir.path().join("token");
+    let users_path = dir.path().join("users");
+    std::fs::write(&token_path, format!("{token}\n")).expect("token");
+    std::fs::write(&users_path, users).expect("users");
+    let relay = Relay::start(&[
+        "--key",
+        &fake.url(),
+        "--auth-token-file",
+        token_path.to_str().expect("utf8"),
+        "--basic-auth-file",
+        users_path.to_str().expect("utf8"),
+    ]);
+    (relay, dir)
+}
