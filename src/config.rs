@@ -12,7 +12,9 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::config_file;
 use std::time::Duration;
 
 /// WeCom's robot endpoint; a bare key is appended to it.
@@ -58,6 +60,14 @@ pub const FLAGS: &[Flag] = &[
         Some("PATH"),
         None,
         "read the webhook URL or key from this file (systemd credentials, Kubernetes secrets)",
+    ),
+    flag(
+        "--config",
+        Some("-c"),
+        Some("WEIXIN_ROBOT_CONFIG"),
+        Some("PATH"),
+        None,
+        "file with named robots and routing (see README); --key adds a robot named default",
     ),
     flag(
         "--listen",
@@ -577,17 +587,31 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     value.checked_mul(mult).ok_or_else(|| format!("{s:?} is out of range"))
 }
 
+/// One robot: where its messages go and how fast.
+#[derive(Clone, Debug)]
+pub struct RobotConfig {
+    pub name: String,
+    /// `None` only with `--dry-run` (or for commands that send nothing).
+    pub webhook: Option<WebhookUrl>,
+    pub rate: Rate,
+}
+
 /// The checked settings the program runs on.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
-    /// `None` only with `--dry-run`.
+    /// The single robot given by --key/--key-file (the one named `default`), if any.
     pub webhook: Option<WebhookUrl>,
+    /// Every robot, from --key and from --config; never empty when serving.
+    pub robots: Vec<RobotConfig>,
+    /// The robot that gets what no route picks.
+    pub default_robot: String,
+    /// A label whose value names the robot for a notification.
+    pub route_label: String,
     pub dry_run: bool,
     pub tz: TzOffset,
     pub ca_file: Option<PathBuf>,
     pub send_timeout: Duration,
-    pub rate: Rate,
     pub dedup_window: Duration,
     pub state_dir: Option<PathBuf>,
     pub grace: Duration,
@@ -650,13 +674,14 @@ impl Config {
             }
             (None, None)
                 if raw.dry_run
+                    || raw.get("--config").is_some()
                     || matches!(raw.command, Command::Render(_) | Command::Healthcheck) =>
             {
                 None
             }
             (None, None) => {
                 return Err(Error::Args(
-                    "missing webhook key: pass --key, --key-file or set KEY".into(),
+                    "missing webhook key: pass --key, --key-file, --config or set KEY".into(),
                 ))
             }
         };
@@ -703,16 +728,21 @@ impl Config {
             return Err(invalid("--request-timeout", "must be above zero"));
         }
 
+        let rate = Rate::parse(raw.get_or_default("--rate").unwrap_or("20/60s"))
+            .map_err(|r| invalid("--rate", r))?;
+        let (robots, default_robot, route_label) =
+            robots(raw.get("--config").map(Path::new), webhook.as_ref(), rate, raw.dry_run)?;
         Ok(Config {
             listen: SocketAddr::new(ip, port),
             webhook,
+            robots,
+            default_robot,
+            route_label,
             dry_run: raw.dry_run,
             tz: TzOffset::parse(raw.get_or_default("--tz").unwrap_or("+08:00"))
                 .map_err(|r| invalid("--tz", r))?,
             ca_file: raw.get("--ca-file").map(PathBuf::from),
             send_timeout,
-            rate: Rate::parse(raw.get_or_default("--rate").unwrap_or("20/60s"))
-                .map_err(|r| invalid("--rate", r))?,
             dedup_window: duration("--dedup-window")?,
             state_dir: raw.get("--state-dir").map(PathBuf::from),
             grace: duration("--grace")?,
@@ -729,6 +759,75 @@ impl Config {
         })
     }
 }
+
+/// The robots: `default` from --key (if given), plus every `[robots.NAME]` of the file.
+fn robots(
+    file: Option<&Path>,
+    cli_webhook: Option<&WebhookUrl>,
+    cli_rate: Rate,
+    dry_run: bool,
+) -> Result<(Vec<RobotConfig>, String, String), Error> {
+    let mut robots = Vec::new();
+    if file.is_none() || cli_webhook.is_some() {
+        robots.push(RobotConfig {
+            name: "default".into(),
+            webhook: cli_webhook.cloned(),
+            rate: cli_rate,
+        });
+    }
+    let Some(path) = file else {
+        return Ok((robots, "default".into(), DEFAULT_ROUTE_LABEL.into()));
+    };
+    let bad = |reason: String| Error::Invalid { flag: "--config", reason };
+    let parsed = config_file::load(path).map_err(bad)?;
+    for entry in parsed.robots {
+        let where_ = format!("{}: [robots.{}]", path.display(), entry.name);
+        if robots.iter().any(|r| r.name == entry.name) {
+            return Err(bad(format!("{where_}: also given by --key (named default)")));
+        }
+        let key_text = match (&entry.key, &entry.key_file) {
+            (Some(_), Some(_)) => {
+                return Err(bad(format!("{where_}: give key or key_file, not both")))
+            }
+            (Some(k), None) => Some(k.clone()),
+            (None, Some(p)) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| bad(format!("{where_}: reading {}: {e}", p.display())))?;
+                text.lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string)
+            }
+            (None, None) if dry_run => None,
+            (None, None) => return Err(bad(format!("{where_}: needs key or key_file"))),
+        };
+        let webhook = key_text
+            .map(|t| WebhookUrl::parse(&t).map_err(|r| bad(format!("{where_}: key: {r}"))))
+            .transpose()?;
+        let rate = match &entry.rate {
+            Some(r) => Rate::parse(r).map_err(|e| bad(format!("{where_}: rate: {e}")))?,
+            None => cli_rate,
+        };
+        robots.push(RobotConfig { name: entry.name, webhook, rate });
+    }
+    if robots.is_empty() {
+        return Err(bad(format!("{}: defines no robots", path.display())));
+    }
+    let default_robot = match parsed.default_robot {
+        Some(name) if robots.iter().any(|r| r.name == name) => name,
+        Some(name) => {
+            return Err(bad(format!("{}: default_robot {name:?} is not defined", path.display())))
+        }
+        None if robots.len() == 1 => robots[0].name.clone(),
+        None if robots.iter().any(|r| r.name == "default") => "default".into(),
+        None => return Err(bad(format!("{}: several robots: set default_robot", path.display()))),
+    };
+    let route_label = parsed.route_label.unwrap_or_else(|| DEFAULT_ROUTE_LABEL.into());
+    Ok((robots, default_robot, route_label))
+}
+
+/// The label that routes a notification when the config file names no other.
+pub const DEFAULT_ROUTE_LABEL: &str = "wecom_robot";
 
 #[cfg(test)]
 mod tests {

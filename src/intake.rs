@@ -13,8 +13,9 @@ use crate::alertmanager::{self, Alert, Payload, Status};
 use crate::config::TzOffset;
 use crate::metrics;
 use crate::outbox::split::{split, WECOM_MARKDOWN_MAX_BYTES};
-use crate::outbox::{EnqueueError, Enqueued, NewItem, Outbox};
+use crate::outbox::{EnqueueError, Enqueued, NewItem};
 use crate::render;
+use crate::routing::Robots;
 
 /// Alertmanager's payload is 4 levels deep; 16 leaves room for hand-written senders while
 /// keeping serde_json's recursion (and `Value`'s recursive drop) far from the end of a
@@ -27,6 +28,8 @@ pub enum Rejected {
     BadPayload(String),
     /// The outbox cannot take it now: Alertmanager should retry (503).
     Unavailable(EnqueueError),
+    /// `/alertinfo/{robot}` names no configured robot (404).
+    UnknownRobot(String),
 }
 
 impl fmt::Display for Rejected {
@@ -34,6 +37,7 @@ impl fmt::Display for Rejected {
         match self {
             Rejected::BadPayload(reason) => write!(f, "{reason}"),
             Rejected::Unavailable(e) => write!(f, "{e}"),
+            Rejected::UnknownRobot(name) => write!(f, "no robot named {name:?}"),
         }
     }
 }
@@ -66,9 +70,23 @@ pub fn prepare(body: &[u8], tz: TzOffset) -> Result<NewItem, Rejected> {
     Ok(build(&parse(body)?, tz))
 }
 
-/// Queues a body. Logs one line per notification received.
-pub fn accept(body: &[u8], tz: TzOffset, outbox: &Outbox) -> Result<Enqueued, Rejected> {
+/// Queues a body for the robot named in the path, or the one routing picks. Logs one line per
+/// notification received.
+pub fn accept(
+    body: &[u8],
+    tz: TzOffset,
+    robots: &Robots,
+    path_robot: Option<&str>,
+) -> Result<Enqueued, Rejected> {
+    let named = match path_robot {
+        Some(name) => {
+            Some(robots.named(name).ok_or_else(|| Rejected::UnknownRobot(name.to_string()))?)
+        }
+        None => None,
+    };
     let payload = parse(body)?;
+    let robot = named.unwrap_or_else(|| robots.pick(&payload));
+    let outbox = &robot.outbox;
     let firing = payload.alerts.iter().filter(|a| a.status == Status::Firing).count();
     let resolved = payload.alerts.len() - firing;
     let duplicate = dedup_key(&payload).is_some_and(|key| outbox.seen(key));
@@ -83,7 +101,8 @@ pub fn accept(body: &[u8], tz: TzOffset, outbox: &Outbox) -> Result<Enqueued, Re
                 metrics::superseded(*superseded);
             }
             log::info!(
-                "notification queued item={id} receiver={:?} status={} firing={firing} resolved={resolved} messages={parts} bytes={bytes} superseded={superseded}",
+                "notification queued robot={} item={id} receiver={:?} status={} firing={firing} resolved={resolved} messages={parts} bytes={bytes} superseded={superseded}",
+                robot.name,
                 payload.receiver,
                 payload.status.as_str(),
             );
@@ -98,7 +117,8 @@ pub fn accept(body: &[u8], tz: TzOffset, outbox: &Outbox) -> Result<Enqueued, Re
     if duplicate {
         metrics::dedup_hit();
         log::info!(
-            "duplicate notification dropped receiver={:?} status={} alerts={}",
+            "duplicate notification dropped robot={} receiver={:?} status={} alerts={}",
+            robot.name,
             payload.receiver,
             payload.status.as_str(),
             payload.alerts.len()

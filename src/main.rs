@@ -7,12 +7,14 @@ mod auth;
 mod build;
 mod commands;
 mod config;
+mod config_file;
 mod guard;
 mod intake;
 mod logger;
 mod metrics;
 mod outbox;
 mod render;
+mod routing;
 mod server;
 mod wecom;
 
@@ -86,34 +88,48 @@ fn run() -> Result<(), Failure> {
 }
 
 fn serve(config: &Config, signals: &Signals) -> Result<(), Failure> {
-    let client = wecom::Client::new(config.send_timeout, config.ca_file.as_deref())
-        .map_err(Failure::Usage)?;
-    let target = match (&config.webhook, config.dry_run) {
-        (Some(url), false) => {
-            if !url.is_https() {
-                log::warn!("webhook URL uses plain http: the key travels unencrypted url={url}");
+    if config.dry_run {
+        log::warn!("dry run: messages are printed to stdout, nothing is sent to WeCom");
+    }
+    let mut robots = Vec::new();
+    for robot in &config.robots {
+        let client = wecom::Client::new(config.send_timeout, config.ca_file.as_deref())
+            .map_err(Failure::Usage)?;
+        let target = match (&robot.webhook, config.dry_run) {
+            (Some(url), false) => {
+                if !url.is_https() {
+                    log::warn!(
+                        "webhook URL uses plain http: the key travels unencrypted robot={} url={url}",
+                        robot.name
+                    );
+                }
+                Target::WeCom { client, url: url.clone() }
             }
-            Target::WeCom { client, url: url.clone() }
-        }
-        _ => {
-            log::warn!("dry run: messages are printed to stdout, nothing is sent to WeCom");
-            Target::Stdout
-        }
-    };
-
-    let outbox = Arc::new(open_outbox(config)?);
-    let robot = "default".to_string();
-    sender::spawn(
-        Arc::clone(&outbox),
-        target,
-        sender::Settings {
-            robot: robot.clone(),
-            rate: config.rate,
-            retry_initial: config.retry_initial,
-            retry_max: config.retry_max,
-        },
-    )
-    .map_err(|e| Failure::Runtime(format!("starting sender thread: {e}")))?;
+            _ => Target::Stdout,
+        };
+        let outbox = Arc::new(open_outbox(config, &robot.name)?);
+        sender::spawn(
+            Arc::clone(&outbox),
+            target,
+            sender::Settings {
+                robot: robot.name.clone(),
+                rate: robot.rate,
+                retry_initial: config.retry_initial,
+                retry_max: config.retry_max,
+            },
+        )
+        .map_err(|e| Failure::Runtime(format!("starting sender thread: {e}")))?;
+        log::info!(
+            "robot ready robot={} webhook={} rate={}/{:?}",
+            robot.name,
+            robot.webhook.as_ref().map_or_else(|| "-".to_string(), ToString::to_string),
+            robot.rate.messages,
+            robot.rate.window
+        );
+        robots.push(routing::Robot { name: robot.name.clone(), outbox });
+    }
+    let robots = routing::Robots::new(robots, &config.default_robot, config.route_label.clone())
+        .ok_or_else(|| Failure::Usage(format!("no robot named {:?}", config.default_robot)))?;
 
     let auth =
         auth::Auth::load(config.auth_token_file.as_deref(), config.basic_auth_file.as_deref())
@@ -129,8 +145,7 @@ fn serve(config: &Config, signals: &Signals) -> Result<(), Failure> {
 
     may::config().set_pool_capacity(COROUTINE_POOL).set_stack_size(COROUTINE_STACK_WORDS);
     let app = Arc::new(server::App {
-        outbox: Arc::clone(&outbox),
-        robot,
+        robots,
         tz: config.tz,
         max_body_bytes: config.max_body_bytes,
         auth,
@@ -141,19 +156,21 @@ fn serve(config: &Config, signals: &Signals) -> Result<(), Failure> {
         .start(config.listen)
         .map_err(|e| Failure::Runtime(format!("listening on {}: {e}", config.listen)))?;
     log::info!(
-        "listening addr={} webhook={} tz={} rate={}/{:?} state_dir={} version={}",
+        "listening addr={} robots={} default_robot={} route_label={} tz={} state_dir={} version={}",
         config.listen,
-        config.webhook.as_ref().map_or_else(|| "-".to_string(), ToString::to_string),
+        config.robots.len(),
+        config.default_robot,
+        config.route_label,
         config.tz,
-        config.rate.messages,
-        config.rate.window,
         config.state_dir.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string()),
         build::VERSION,
     );
 
     loop {
         match signals.wait() {
-            libc::SIGHUP => log::info!("SIGHUP ignored: nothing to reload without --config"),
+            libc::SIGHUP => {
+                log::info!("SIGHUP ignored: reloading the configuration is not built yet")
+            }
             sig => {
                 log::info!("signal received, draining signal={sig} grace={:?}", config.grace);
                 break;
@@ -161,43 +178,62 @@ fn serve(config: &Config, signals: &Signals) -> Result<(), Failure> {
         }
     }
     app.accepting.store(false, Ordering::Relaxed);
-    outbox.close_intake();
-    let drained = outbox.drain(Instant::now() + config.grace);
-    outbox.stop();
-    let left = outbox.stats();
-    if drained {
-        log::info!("outbox drained, exiting");
-    } else if outbox.is_durable() {
-        log::warn!(
-            "grace period over, pending messages stay in the spool for the next start messages={} notifications={}",
-            left.messages,
-            left.notifications
-        );
-    } else {
-        log::error!(
-            "grace period over, pending messages are lost (no --state-dir) messages={} notifications={}",
-            left.messages,
-            left.notifications
-        );
+    let deadline = Instant::now() + config.grace;
+    for robot in app.robots.all() {
+        robot.outbox.close_intake();
     }
+    for robot in app.robots.all() {
+        let outbox = &robot.outbox;
+        let drained = outbox.drain(deadline);
+        outbox.stop();
+        let left = outbox.stats();
+        if drained {
+            log::info!("outbox drained robot={}", robot.name);
+        } else if outbox.is_durable() {
+            log::warn!(
+                "grace period over, pending messages stay in the spool for the next start robot={} messages={} notifications={}",
+                robot.name,
+                left.messages,
+                left.notifications
+            );
+        } else {
+            log::error!(
+                "grace period over, pending messages are lost (no --state-dir) robot={} messages={} notifications={}",
+                robot.name,
+                left.messages,
+                left.notifications
+            );
+        }
+    }
+    log::info!("exiting");
     Ok(())
 }
 
-fn open_outbox(config: &Config) -> Result<Outbox, Failure> {
+/// The robot named `default` keeps its spool in `--state-dir` itself (where a single-robot
+/// relay always kept it); others in `--state-dir/robots/NAME`.
+fn open_outbox(config: &Config, robot: &str) -> Result<Outbox, Failure> {
     let limits = Limits {
         max_messages: config.queue_max_messages,
         max_bytes: config.queue_max_bytes,
         dedup_window: config.dedup_window,
     };
-    let Some(dir) = &config.state_dir else {
+    let Some(base) = &config.state_dir else {
         return Ok(Outbox::new(limits, None));
     };
+    let dir = if robot == "default" { base.clone() } else { base.join("robots").join(robot) };
+    let dir = &dir;
     let (spool, recovered) = Spool::open(dir).map_err(|e| Failure::Runtime(e.to_string()))?;
     if recovered.corrupt > 0 {
-        log::error!("spool had corrupt files, moved to corrupt/ count={}", recovered.corrupt);
+        log::error!(
+            "spool had corrupt files, moved to corrupt/ robot={robot} count={}",
+            recovered.corrupt
+        );
     }
     if !recovered.records.is_empty() {
-        log::info!("recovered pending notifications from spool count={}", recovered.records.len());
+        log::info!(
+            "recovered pending notifications from spool robot={robot} count={}",
+            recovered.records.len()
+        );
     }
     Ok(Outbox::new(limits, Some((spool, recovered.records))))
 }

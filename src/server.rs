@@ -28,7 +28,8 @@ use crate::config::TzOffset;
 use crate::guard::{self, ConnState, Guard};
 use crate::intake::{self, Rejected};
 use crate::metrics;
-use crate::outbox::{EnqueueError, Enqueued, Outbox};
+use crate::outbox::{EnqueueError, Enqueued};
+use crate::routing::Robots;
 
 /// Bodies above `--max-body` but at most this big are read and thrown away so the client gets
 /// a clean 413 on a healthy connection; anything larger gets its answer and a closed socket.
@@ -36,8 +37,7 @@ const DISCARD_LIMIT_BYTES: u64 = 64 << 20;
 
 /// Everything request handling needs, shared by all connections.
 pub struct App {
-    pub outbox: Arc<Outbox>,
-    pub robot: String,
+    pub robots: Robots,
     pub tz: TzOffset,
     pub max_body_bytes: u64,
     pub auth: Option<Auth>,
@@ -133,7 +133,8 @@ enum Route {
 impl Route {
     fn of(target: &str) -> Route {
         match target.split('?').next().unwrap_or("") {
-            "/alertinfo" | "/alertinfo/" => Route::Intake,
+            "/alertinfo" => Route::Intake,
+            p if p.starts_with("/alertinfo/") => Route::Intake,
             "/healthz" | "/-/healthy" => Route::Healthy,
             "/-/ready" => Route::Ready,
             "/metrics" => Route::Metrics,
@@ -222,6 +223,14 @@ impl HttpService for Conn {
 impl Conn {
     fn handle(&mut self, req: Request, rsp: &mut Response) {
         let route = Route::of(req.path());
+        // `/alertinfo/{robot}`: copied out before the request is consumed by reading its body.
+        let path_robot = req
+            .path()
+            .split('?')
+            .next()
+            .and_then(|p| p.strip_prefix("/alertinfo/"))
+            .map(|name| name.trim_end_matches('/').to_string())
+            .filter(|name| !name.is_empty());
         let method = Method::of(req.method());
         let wants_body = route == Route::Intake && method == Method::Post;
 
@@ -274,7 +283,7 @@ impl Conn {
             metrics::request_rejected("short_body");
             return self.close();
         }
-        write_reply(rsp, self.intake(&body));
+        write_reply(rsp, self.intake(&body, path_robot.as_deref()));
     }
 
     fn authorized(&self, req: &Request) -> bool {
@@ -291,23 +300,31 @@ impl Conn {
             }
             Route::Healthy if get => reply(200, "OK", json!({"status": "ok"})),
             Route::Ready if get => {
-                let stats = self.app.outbox.stats();
+                let full = self.app.robots.all().iter().any(|r| r.outbox.stats().full);
                 if !self.app.accepting.load(Ordering::Relaxed) {
                     reply(503, "Service Unavailable", json!({"status": "shutting down"}))
-                } else if stats.full {
+                } else if full {
                     reply(503, "Service Unavailable", json!({"status": "outbox full"}))
                 } else {
                     reply(200, "OK", json!({"status": "ready"}))
                 }
             }
             Route::Metrics if get => {
-                let s = self.app.outbox.stats();
-                let gauges = [metrics::Gauges {
-                    robot: self.app.robot.clone(),
-                    messages: s.messages,
-                    bytes: s.bytes,
-                    oldest_age: s.oldest_age,
-                }];
+                let gauges: Vec<metrics::Gauges> = self
+                    .app
+                    .robots
+                    .all()
+                    .iter()
+                    .map(|r| {
+                        let s = r.outbox.stats();
+                        metrics::Gauges {
+                            robot: r.name.clone(),
+                            messages: s.messages,
+                            bytes: s.bytes,
+                            oldest_age: s.oldest_age,
+                        }
+                    })
+                    .collect();
                 Reply {
                     code: 200,
                     reason: "OK",
@@ -331,15 +348,18 @@ impl Conn {
         }
     }
 
-    fn intake(&self, body: &[u8]) -> Reply {
+    fn intake(&self, body: &[u8], path_robot: Option<&str>) -> Reply {
         if !self.app.accepting.load(Ordering::Relaxed) {
             return unavailable(&EnqueueError::ShuttingDown, "shutting_down");
         }
-        match intake::accept(body, self.app.tz, &self.app.outbox) {
+        match intake::accept(body, self.app.tz, &self.app.robots, path_robot) {
             Ok(Enqueued::Queued { id, .. }) => {
                 reply(200, "OK", json!({"status": "queued", "id": id}))
             }
             Ok(Enqueued::Duplicate) => reply(200, "OK", json!({"status": "duplicate"})),
+            Err(e @ Rejected::UnknownRobot(_)) => {
+                error(404, "Not Found", "unknown_robot", &e.to_string())
+            }
             Err(Rejected::BadPayload(reason)) => {
                 log::warn!("notification rejected reason={reason:?}");
                 error(400, "Bad Request", "bad_payload", &reason)

@@ -279,5 +279,8 @@ fn sigterm_without_spool_reports_what_is_lost() {
     let status = relay.wait_exit(Duration::from_secs(10));
     assert!(status.success());
     let logs = relay.logs();
-    assert!(logs.contains("pending messages are lost (no --state-dir) messages=1"), "{logs}");
+    assert!(
+        logs.contains("pending messages are lost (no --state-dir) robot=default messages=1"),
+        "{logs}"
+    );
 }

@@ -8,6 +8,7 @@ mod delivery;
 mod hardening;
 mod intake;
 mod operability;
+mod routing;
 mod smoke;
 mod spool;
 mod tls;

@@ -47,7 +47,7 @@ fn kill_9_with_a_backlog_loses_nothing() {
         assert!(!r.content().is_empty() && r.content().len() <= 4096);
     }
     assert!(
-        relay.logs().contains("recovered pending notifications from spool count=25"),
+        relay.logs().contains("recovered pending notifications from spool robot=default count=25"),
         "{}",
         relay.logs()
     );

@@ -1,0 +1,127 @@
+//! Several robots from `--config`: routing by path and by label, a default robot, separate
+//! budgets, and config errors at start-up.
+
+use std::time::Duration;
+
+use crate::util::*;
+
+fn write_config(dir: &TempDir, text: &str) -> String {
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).expect("config");
+    path.to_str().expect("utf8").to_string()
+}
+
+fn labelled(group: &str, fp: &str, robot: &str) -> Vec<u8> {
+    let body = String::from_utf8(payload(group, &[A(fp, "firing", "Routed")])).expect("utf8");
+    body.replace("\"labels\":{", &format!("\"labels\":{{\"wecom_robot\":\"{robot}\",")).into_bytes()
+}
+
+#[test]
+fn routes_by_path_label_and_default() {
+    let (ops, dba) = (FakeWeCom::start(), FakeWeCom::start());
+    let dir = TempDir::new("routing");
+    let config = write_config(
+        &dir,
+        &format!(
+            "default_robot = \"ops\"\n\n[robots.ops]\nkey = \"{}\"\n\n[robots.dba]\nkey = \"{}\"\n",
+            ops.url(),
+            dba.url()
+        ),
+    );
+    let relay = Relay::start(&["--config", &config]);
+    assert_eq!(
+        post(relay.addr, "/alertinfo/dba", &payload("p", &[A("by-path", "firing", "P")])).status,
+        200
+    );
+    assert_eq!(relay.post(&labelled("l", "by-label", "dba")).status, 200);
+    assert_eq!(relay.post(&payload("d", &[A("by-default", "firing", "D")])).status, 200);
+    assert_eq!(relay.post(&labelled("u", "unknown-label", "nosuch")).status, 200);
+    let r = post(relay.addr, "/alertinfo/nosuch", &payload("x", &[A("nope", "firing", "X")]));
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("no robot named \\\"nosuch\\\""), "{}", r.body);
+
+    wait_until(Duration::from_secs(10), "dba got two", || dba.delivered_alerts().len() == 2);
+    wait_until(Duration::from_secs(10), "ops got two", || ops.delivered_alerts().len() == 2);
+    let fps = |f: &FakeWeCom| -> Vec<String> {
+        f.delivered_alerts().into_iter().map(|(fp, _)| fp).collect()
+    };
+    assert_eq!(fps(&dba), ["by-path", "by-label"]);
+    assert_eq!(fps(&ops), ["by-default", "unknown-label"]);
+    let m = relay.metrics();
+    assert!(m.contains("weixin_robot_messages_sent_total{robot=\"dba\"}"), "{m}");
+    assert!(m.contains("weixin_robot_outbox_messages{robot=\"ops\"} 0"), "{m}");
+    assert!(relay.logs().contains("robot=dba"));
+}
+
+#[test]
+fn each_robot_has_its_own_budget() {
+    let (a, b) = (FakeWeCom::start(), FakeWeCom::start());
+    let dir = TempDir::new("budgets");
+    let config = write_config(
+        &dir,
+        &format!(
+            "default_robot = \"a\"\n[robots.a]\nkey = \"{}\"\nrate = \"1/30s\"\n[robots.b]\nkey = \"{}\"\nrate = \"1/30s\"\n",
+            a.url(),
+            b.url()
+        ),
+    );
+    let relay = Relay::start(&["--config", &config]);
+    assert_eq!(
+        post(relay.addr, "/alertinfo/a", &payload("a1", &[A("a1", "firing", "A")])).status,
+        200
+    );
+    wait_until(Duration::from_secs(10), "a's one message", || a.delivered().len() == 1);
+    // a's budget is spent for 30 s; its second message waits...
+    assert_eq!(
+        post(relay.addr, "/alertinfo/a", &payload("a2", &[A("a2", "firing", "A")])).status,
+        200
+    );
+    // ...while b, with a budget of its own, delivers at once.
+    assert_eq!(
+        post(relay.addr, "/alertinfo/b", &payload("b1", &[A("b1", "firing", "B")])).status,
+        200
+    );
+    wait_until(Duration::from_secs(10), "b's message", || b.delivered().len() == 1);
+    assert_eq!(a.received().len(), 1, "a sent past its budget");
+    assert!(relay.metrics().contains("weixin_robot_outbox_messages{robot=\"a\"} 1"));
+}
+
+#[test]
+fn key_flag_adds_the_default_robot_next_to_the_file() {
+    let (cli, file) = (FakeWeCom::start(), FakeWeCom::start());
+    let dir = TempDir::new("mixed");
+    let config = write_config(&dir, &format!("[robots.team]\nkey = \"{}\"\n", file.url()));
+    let relay = Relay::start(&["--config", &config, "--key", &cli.url()]);
+    assert_eq!(relay.post(&payload("x", &[A("to-default", "firing", "X")])).status, 200);
+    assert_eq!(
+        post(relay.addr, "/alertinfo/team", &payload("y", &[A("to-team", "firing", "Y")])).status,
+        200
+    );
+    wait_until(Duration::from_secs(10), "both delivered", || {
+        cli.delivered().len() == 1 && file.delivered().len() == 1
+    });
+}
+
+#[test]
+fn config_errors_exit_2_with_the_line() {
+    let dir = TempDir::new("badconfig");
+    let cases: &[(&str, &str)] = &[
+        ("[robots.ops]\nkye = \"x\"\n", "line 2: unknown key \"kye\" in [robots.ops]"),
+        ("[robots.ops]\n", "[robots.ops]: needs key or key_file"),
+        ("[robots.a]\nkey = \"k\"\n[robots.b]\nkey = \"k\"\n", "several robots: set default_robot"),
+        (
+            "default_robot = \"zz\"\n[robots.a]\nkey = \"k\"\n",
+            "default_robot \"zz\" is not defined",
+        ),
+        ("[robots.a]\nkey = \"ftp://x/?key=SeCrEtKeY-0123456789-abcdef\"\n", "[robots.a]: key:"),
+        ("[robots.a]\nkey = \"k\"\nrate = \"0/1s\"\n", "[robots.a]: rate:"),
+    ];
+    for (text, want) in cases {
+        let config = write_config(&dir, text);
+        let (code, _, err) = run_to_exit(&["--config", &config], &[]);
+        assert_eq!(code, Some(2), "{text}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{text}: {err}");
+        assert!(!err.contains(SECRET), "{err}");
+    }
+}
