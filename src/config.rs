@@ -594,6 +594,8 @@ pub struct RobotConfig {
     /// `None` only with `--dry-run` (or for commands that send nothing).
     pub webhook: Option<WebhookUrl>,
     pub rate: Rate,
+    /// Mentioned on every notification with a firing alert.
+    pub mention: config_file::MentionEntry,
 }
 
 /// The checked settings the program runs on.
@@ -608,6 +610,8 @@ pub struct Config {
     pub default_robot: String,
     /// A label whose value names the robot for a notification.
     pub route_label: String,
+    /// `[[mentions]]` rules from the config file (robot names checked).
+    pub mention_rules: Vec<config_file::MentionRule>,
     pub dry_run: bool,
     pub tz: TzOffset,
     pub ca_file: Option<PathBuf>,
@@ -730,7 +734,7 @@ impl Config {
 
         let rate = Rate::parse(raw.get_or_default("--rate").unwrap_or("20/60s"))
             .map_err(|r| invalid("--rate", r))?;
-        let (robots, default_robot, route_label) =
+        let (robots, default_robot, route_label, mention_rules) =
             robots(raw.get("--config").map(Path::new), webhook.as_ref(), rate, raw.dry_run)?;
         Ok(Config {
             listen: SocketAddr::new(ip, port),
@@ -738,6 +742,7 @@ impl Config {
             robots,
             default_robot,
             route_label,
+            mention_rules,
             dry_run: raw.dry_run,
             tz: TzOffset::parse(raw.get_or_default("--tz").unwrap_or("+08:00"))
                 .map_err(|r| invalid("--tz", r))?,
@@ -766,17 +771,18 @@ fn robots(
     cli_webhook: Option<&WebhookUrl>,
     cli_rate: Rate,
     dry_run: bool,
-) -> Result<(Vec<RobotConfig>, String, String), Error> {
+) -> Result<RobotSetup, Error> {
     let mut robots = Vec::new();
     if file.is_none() || cli_webhook.is_some() {
         robots.push(RobotConfig {
             name: "default".into(),
             webhook: cli_webhook.cloned(),
             rate: cli_rate,
+            mention: config_file::MentionEntry::default(),
         });
     }
     let Some(path) = file else {
-        return Ok((robots, "default".into(), DEFAULT_ROUTE_LABEL.into()));
+        return Ok((robots, "default".into(), DEFAULT_ROUTE_LABEL.into(), Vec::new()));
     };
     let bad = |reason: String| Error::Invalid { flag: "--config", reason };
     let parsed = config_file::load(path).map_err(bad)?;
@@ -808,7 +814,7 @@ fn robots(
             Some(r) => Rate::parse(r).map_err(|e| bad(format!("{where_}: rate: {e}")))?,
             None => cli_rate,
         };
-        robots.push(RobotConfig { name: entry.name, webhook, rate });
+        robots.push(RobotConfig { name: entry.name, webhook, rate, mention: entry.mention });
     }
     if robots.is_empty() {
         return Err(bad(format!("{}: defines no robots", path.display())));
@@ -823,8 +829,21 @@ fn robots(
         None => return Err(bad(format!("{}: several robots: set default_robot", path.display()))),
     };
     let route_label = parsed.route_label.unwrap_or_else(|| DEFAULT_ROUTE_LABEL.into());
-    Ok((robots, default_robot, route_label))
+    for rule in &parsed.mentions {
+        if let Some(name) = &rule.robot {
+            if !robots.iter().any(|r| &r.name == name) {
+                return Err(bad(format!(
+                    "{}: [[mentions]] names robot {name:?}, which is not defined",
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok((robots, default_robot, route_label, parsed.mentions))
 }
+
+/// Robots, the default robot, the routing label and the mention rules.
+type RobotSetup = (Vec<RobotConfig>, String, String, Vec<config_file::MentionRule>);
 
 /// The label that routes a notification when the config file names no other.
 pub const DEFAULT_ROUTE_LABEL: &str = "wecom_robot";

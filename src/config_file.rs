@@ -19,6 +19,14 @@
 
 use std::path::{Path, PathBuf};
 
+/// Who to @-mention: WeCom user ids, mobile numbers, or everyone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MentionEntry {
+    pub users: Vec<String>,
+    pub mobiles: Vec<String>,
+    pub all: bool,
+}
+
 /// One `[robots.NAME]` table, unchecked.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RobotEntry {
@@ -26,6 +34,18 @@ pub struct RobotEntry {
     pub key: Option<String>,
     pub key_file: Option<PathBuf>,
     pub rate: Option<String>,
+    /// Mentioned on every notification with a firing alert.
+    pub mention: MentionEntry,
+}
+
+/// One `[[mentions]]` table: mention these people when a firing alert has `label = value`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MentionRule {
+    /// Only for this robot; every robot when `None`.
+    pub robot: Option<String>,
+    pub label: String,
+    pub value: String,
+    pub mention: MentionEntry,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -33,6 +53,22 @@ pub struct FileConfig {
     pub default_robot: Option<String>,
     pub route_label: Option<String>,
     pub robots: Vec<RobotEntry>,
+    pub mentions: Vec<MentionRule>,
+}
+
+/// What table the lines being read belong to.
+#[derive(Clone, Copy)]
+enum Table {
+    Top,
+    Robot(usize),
+    Mention(usize),
+}
+
+/// A value: a string, a boolean, or a one-line array of strings.
+enum Val {
+    Str(String),
+    Bool(bool),
+    List(Vec<String>),
 }
 
 /// Robot names appear in URLs, metrics and logs: keep them plain.
@@ -51,8 +87,7 @@ pub fn load(path: &Path) -> Result<FileConfig, String> {
 
 pub fn parse(text: &str) -> Result<FileConfig, String> {
     let mut out = FileConfig::default();
-    // None: top level; Some(i): inside out.robots[i].
-    let mut table: Option<usize> = None;
+    let mut table = Table::Top;
     for (n, raw_line) in text.lines().enumerate() {
         let line_no = n + 1;
         let err = |msg: String| format!("line {line_no}: {msg}");
@@ -60,14 +95,19 @@ pub fn parse(text: &str) -> Result<FileConfig, String> {
         if line.is_empty() {
             continue;
         }
+        if line == "[[mentions]]" {
+            out.mentions.push(MentionRule::default());
+            table = Table::Mention(out.mentions.len() - 1);
+            continue;
+        }
         if let Some(header) = line.strip_prefix('[') {
             let name = header
                 .strip_suffix(']')
                 .ok_or_else(|| err("a table header must end with ]".into()))?
                 .trim();
-            let robot = name
-                .strip_prefix("robots.")
-                .ok_or_else(|| err(format!("unknown table [{name}]; expected [robots.NAME]")))?;
+            let robot = name.strip_prefix("robots.").ok_or_else(|| {
+                err(format!("unknown table [{name}]; expected [robots.NAME] or [[mentions]]"))
+            })?;
             let robot = robot.trim_matches('"');
             if !valid_robot_name(robot) {
                 return Err(err(format!("robot name {robot:?}: use 1-32 of a-z, 0-9, - and _")));
@@ -76,26 +116,101 @@ pub fn parse(text: &str) -> Result<FileConfig, String> {
                 return Err(err(format!("robot {robot:?} is defined twice")));
             }
             out.robots.push(RobotEntry { name: robot.to_string(), ..RobotEntry::default() });
-            table = Some(out.robots.len() - 1);
+            table = Table::Robot(out.robots.len() - 1);
             continue;
         }
         let (key, value) =
             line.split_once('=').ok_or_else(|| err("expected key = value".into()))?;
-        let (key, value) = (key.trim(), value.trim());
-        let value = string_value(value).map_err(&err)?;
+        let key = key.trim();
+        let value = parse_value(value.trim()).map_err(&err)?;
+        let wrong = |what: &str| err(format!("{key} must be {what}"));
+        let string = |v: Val| match v {
+            Val::Str(s) => Ok(s),
+            _ => Err(wrong("a \"quoted string\"")),
+        };
+        let list = |v: Val| match v {
+            Val::List(l) => Ok(l),
+            _ => Err(wrong("an array of strings such as [\"a\", \"b\"]")),
+        };
+        let boolean = |v: Val| match v {
+            Val::Bool(b) => Ok(b),
+            _ => Err(wrong("true or false")),
+        };
         match (table, key) {
-            (None, "default_robot") => out.default_robot = Some(value),
-            (None, "route_label") => out.route_label = Some(value),
-            (Some(i), "key") => out.robots[i].key = Some(value),
-            (Some(i), "key_file") => out.robots[i].key_file = Some(PathBuf::from(value)),
-            (Some(i), "rate") => out.robots[i].rate = Some(value),
-            (None, k) => return Err(err(format!("unknown key {k:?} at the top level"))),
-            (Some(i), k) => {
+            (Table::Top, "default_robot") => out.default_robot = Some(string(value)?),
+            (Table::Top, "route_label") => out.route_label = Some(string(value)?),
+            (Table::Robot(i), "key") => out.robots[i].key = Some(string(value)?),
+            (Table::Robot(i), "key_file") => {
+                out.robots[i].key_file = Some(PathBuf::from(string(value)?))
+            }
+            (Table::Robot(i), "rate") => out.robots[i].rate = Some(string(value)?),
+            (Table::Robot(i), "mention_users") => out.robots[i].mention.users = list(value)?,
+            (Table::Robot(i), "mention_mobiles") => out.robots[i].mention.mobiles = list(value)?,
+            (Table::Robot(i), "mention_all") => out.robots[i].mention.all = boolean(value)?,
+            (Table::Mention(i), "robot") => out.mentions[i].robot = Some(string(value)?),
+            (Table::Mention(i), "label") => out.mentions[i].label = string(value)?,
+            (Table::Mention(i), "value") => out.mentions[i].value = string(value)?,
+            (Table::Mention(i), "users") => out.mentions[i].mention.users = list(value)?,
+            (Table::Mention(i), "mobiles") => out.mentions[i].mention.mobiles = list(value)?,
+            (Table::Mention(i), "all") => out.mentions[i].mention.all = boolean(value)?,
+            (Table::Top, k) => return Err(err(format!("unknown key {k:?} at the top level"))),
+            (Table::Robot(i), k) => {
                 return Err(err(format!("unknown key {k:?} in [robots.{}]", out.robots[i].name)))
+            }
+            (Table::Mention(_), k) => {
+                return Err(err(format!("unknown key {k:?} in [[mentions]]")))
             }
         }
     }
+    for (i, rule) in out.mentions.iter().enumerate() {
+        if rule.label.is_empty() || rule.value.is_empty() {
+            return Err(format!("[[mentions]] number {}: needs label and value", i + 1));
+        }
+    }
     Ok(out)
+}
+
+fn parse_value(v: &str) -> Result<Val, String> {
+    match v {
+        "true" => return Ok(Val::Bool(true)),
+        "false" => return Ok(Val::Bool(false)),
+        _ => {}
+    }
+    if let Some(inner) = v.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').ok_or("an array must end with ] on the same line")?;
+        let mut items = Vec::new();
+        for item in split_array(inner)? {
+            items.push(string_value(item.trim())?);
+        }
+        return Ok(Val::List(items));
+    }
+    string_value(v).map(Val::Str)
+}
+
+/// Splits `"a", "b"` at the commas outside strings; a trailing comma is fine.
+fn split_array(inner: &str) -> Result<Vec<&str>, String> {
+    let mut items = Vec::new();
+    let (mut start, mut in_string, mut escaped) = (0, false, false);
+    for (i, c) in inner.char_indices() {
+        match c {
+            '\\' if in_string && !escaped => {
+                escaped = true;
+                continue;
+            }
+            '"' if !escaped => in_string = !in_string,
+            ',' if !in_string => {
+                items.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        escaped = false;
+    }
+    if in_string {
+        return Err("unterminated string in array".into());
+    }
+    items.push(&inner[start..]);
+    Ok(items.into_iter().filter(|s| !s.trim().is_empty()).collect())
 }
 
 /// A `#` starts a comment unless it is inside a string.
@@ -158,6 +273,33 @@ mod tests {
         assert_eq!(c.robots[0].rate.as_deref(), Some("5/1s"));
         assert_eq!(c.robots[1].name, "dba");
         assert_eq!(c.robots[1].key_file.as_deref(), Some(Path::new("/etc/k")));
+        Ok(())
+    }
+
+    #[test]
+    fn the_shipped_example_parses() -> Result<(), String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config.example.toml");
+        let c = load(&path)?;
+        assert_eq!(c.robots.len(), 2);
+        assert_eq!(c.mentions.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn parses_mentions() -> Result<(), String> {
+        let c = parse(
+            "[robots.ops]\nkey = \"k\"\nmention_users = [\"zhangsan\", \"li,si\",]\nmention_all = true\n\
+             [[mentions]]\nlabel = \"severity\"\nvalue = \"critical\"\nmobiles = [\"13800000000\"]\n\
+             [[mentions]]\nrobot = \"ops\"\nlabel = \"team\"\nvalue = \"db\"\nusers = []\n",
+        )?;
+        assert_eq!(c.robots[0].mention.users, ["zhangsan", "li,si"]);
+        assert!(c.robots[0].mention.all);
+        assert_eq!(c.mentions.len(), 2);
+        assert_eq!(c.mentions[0].mention.mobiles, ["13800000000"]);
+        assert_eq!(c.mentions[1].robot.as_deref(), Some("ops"));
+        assert!(parse("[[mentions]]\nlabel = \"x\"\n").is_err(), "value missing");
+        assert!(parse("[robots.a]\nmention_all = \"yes\"\n").is_err());
+        assert!(parse("[robots.a]\nmention_users = \"x\"\n").is_err());
         Ok(())
     }
 

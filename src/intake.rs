@@ -93,7 +93,11 @@ pub fn accept(
     let result = if duplicate {
         Enqueued::Duplicate
     } else {
-        let item = build(&payload, tz);
+        let mut item = build(&payload, tz);
+        let mention = robots.mentions_for(robot, &payload);
+        if mention.all || !mention.users.is_empty() || !mention.mobiles.is_empty() {
+            item.parts.push(mention_piece(&payload, &mention));
+        }
         let (parts, bytes) = (item.parts.len(), item.parts.iter().map(String::len).sum::<usize>());
         let result = outbox.enqueue(item).map_err(Rejected::Unavailable)?;
         if let Enqueued::Queued { id, superseded } = &result {
@@ -125,6 +129,29 @@ pub fn accept(
         );
     }
     Ok(result)
+}
+
+/// A short `text` message that @-mentions people, sent right after the notification.
+fn mention_piece(payload: &Payload, mention: &crate::config_file::MentionEntry) -> String {
+    let mut names: Vec<&str> = payload
+        .alerts
+        .iter()
+        .filter(|a| a.status == Status::Firing)
+        .filter_map(|a| {
+            a.labels.get("alertname").or_else(|| payload.common_labels.get("alertname"))
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let firing = payload.alerts.iter().filter(|a| a.status == Status::Firing).count();
+    let text = format!("【告警通知】{firing} 条告警待处理: {}", names.join(", "));
+    let content = crate::outbox::split::cut_utf8(&text, crate::wecom::TEXT_MAX_BYTES);
+    crate::outbox::raw_body_piece(&crate::wecom::text_body(
+        content,
+        &mention.users,
+        &mention.mobiles,
+        mention.all,
+    ))
 }
 
 /// An alert's identity: its fingerprint, or a hash of its labels when the sender gave none.

@@ -126,10 +126,19 @@ fn serve(config: &Config, signals: &Signals) -> Result<(), Failure> {
             robot.rate.messages,
             robot.rate.window
         );
-        robots.push(routing::Robot { name: robot.name.clone(), outbox });
+        robots.push(routing::Robot {
+            name: robot.name.clone(),
+            outbox,
+            mention: robot.mention.clone(),
+        });
     }
-    let robots = routing::Robots::new(robots, &config.default_robot, config.route_label.clone())
-        .ok_or_else(|| Failure::Usage(format!("no robot named {:?}", config.default_robot)))?;
+    let robots = routing::Robots::new(
+        robots,
+        &config.default_robot,
+        config.route_label.clone(),
+        config.mention_rules.clone(),
+    )
+    .ok_or_else(|| Failure::Usage(format!("no robot named {:?}", config.default_robot)))?;
 
     let auth =
         auth::Auth::load(config.auth_token_file.as_deref(), config.basic_auth_file.as_deref())

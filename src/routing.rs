@@ -4,25 +4,64 @@
 
 use std::sync::Arc;
 
-use crate::alertmanager::Payload;
+use crate::alertmanager::{Payload, Status};
+use crate::config_file::{MentionEntry, MentionRule};
 use crate::outbox::Outbox;
 
 pub struct Robot {
     pub name: String,
     pub outbox: Arc<Outbox>,
+    /// Mentioned on every notification with a firing alert.
+    pub mention: MentionEntry,
 }
 
 pub struct Robots {
     robots: Vec<Robot>,
     default: usize,
     label: String,
+    rules: Vec<MentionRule>,
 }
 
 impl Robots {
     /// `None` when `default` is not among `robots` (config checks this first).
-    pub fn new(robots: Vec<Robot>, default: &str, label: String) -> Option<Robots> {
+    pub fn new(
+        robots: Vec<Robot>,
+        default: &str,
+        label: String,
+        rules: Vec<MentionRule>,
+    ) -> Option<Robots> {
         let default = robots.iter().position(|r| r.name == default)?;
-        Some(Robots { robots, default, label })
+        Some(Robots { robots, default, label, rules })
+    }
+
+    /// Who to @-mention for this notification on this robot: the robot's own list plus every
+    /// rule (for this robot or all) whose label matches a firing alert. Resolved-only
+    /// notifications mention nobody: a recovery should not wake anyone.
+    pub fn mentions_for(&self, robot: &Robot, payload: &Payload) -> MentionEntry {
+        let firing: Vec<_> = payload.alerts.iter().filter(|a| a.status == Status::Firing).collect();
+        if firing.is_empty() {
+            return MentionEntry::default();
+        }
+        let mut out = robot.mention.clone();
+        for rule in &self.rules {
+            if rule.robot.as_ref().is_some_and(|r| r != &robot.name) {
+                continue;
+            }
+            let matches = firing.iter().any(|a| {
+                a.labels.get(&rule.label).or_else(|| payload.common_labels.get(&rule.label))
+                    == Some(rule.value.as_str())
+            });
+            if matches {
+                out.users.extend(rule.mention.users.iter().cloned());
+                out.mobiles.extend(rule.mention.mobiles.iter().cloned());
+                out.all |= rule.mention.all;
+            }
+        }
+        out.users.sort();
+        out.users.dedup();
+        out.mobiles.sort();
+        out.mobiles.dedup();
+        out
     }
 
     pub fn named(&self, name: &str) -> Option<&Robot> {

@@ -144,6 +144,23 @@ pub fn markdown_body(content: &str) -> String {
     json!({"msgtype": "markdown", "markdown": {"content": content}}).to_string()
 }
 
+/// WeCom's limit for `text.content`, in UTF-8 bytes.
+pub const TEXT_MAX_BYTES: usize = 2048;
+
+/// The JSON body of a `text` message that @-mentions people. Markdown can only mention by user
+/// id (`<@userid>`); `text` also takes mobile numbers and "@all", so mentions travel this way.
+pub fn text_body(content: &str, users: &[String], mobiles: &[String], all: bool) -> String {
+    let mut mentioned: Vec<&str> = users.iter().map(String::as_str).collect();
+    if all {
+        mentioned.push("@all");
+    }
+    json!({
+        "msgtype": "text",
+        "text": {"content": content, "mentioned_list": mentioned, "mentioned_mobile_list": mobiles}
+    })
+    .to_string()
+}
+
 /// Connection settings shared by every send.
 pub struct Client {
     timeout: Duration,

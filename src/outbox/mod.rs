@@ -31,6 +31,24 @@ use dedup::Dedup;
 use spool::{Record, Spool};
 
 /// A rendered notification ready to queue.
+/// Pieces are strings, as the spool stores them. Most are markdown content; a piece that is a
+/// whole JSON body to send as it is (a `text` message with @-mentions) starts with this
+/// marker, which rendered markdown cannot contain (render drops control characters).
+pub const RAW_BODY_MARKER: &str = "\u{1}raw-body\u{1}";
+
+/// A piece holding a complete JSON body; never merged with others.
+pub fn raw_body_piece(json_body: &str) -> String {
+    format!("{RAW_BODY_MARKER}{json_body}")
+}
+
+/// The JSON body to POST for a batch's text: raw pieces as they are, markdown wrapped.
+pub fn body_of(batch_text: &str) -> String {
+    match batch_text.strip_prefix(RAW_BODY_MARKER) {
+        Some(raw) => raw.to_string(),
+        None => crate::wecom::markdown_body(batch_text),
+    }
+}
+
 pub struct NewItem {
     pub group_key: String,
     /// One per alert (fingerprint, or a label hash when the sender gave none).

@@ -16,7 +16,7 @@ use crate::config::{Rate, WebhookUrl};
 use crate::metrics;
 use crate::outbox::limiter::Limiter;
 use crate::outbox::split::WECOM_MARKDOWN_MAX_BYTES;
-use crate::outbox::{Outbox, Outcome};
+use crate::outbox::{self, Outbox, Outcome};
 use crate::wecom::{self, Class, SendError};
 
 /// Where messages go: WeCom, or stdout for `--dry-run`.
@@ -91,9 +91,9 @@ fn run(outbox: &Outbox, target: &Target, settings: &Settings) {
             return;
         };
         let (result, latency) = match target {
-            Target::WeCom { client, url } => client.send(url, &wecom::markdown_body(&batch.text)),
+            Target::WeCom { client, url } => client.send(url, &outbox::body_of(&batch.text)),
             Target::Stdout => {
-                println!("{}", wecom::markdown_body(&batch.text));
+                println!("{}", outbox::body_of(&batch.text));
                 (Ok(()), Duration::ZERO)
             }
         };

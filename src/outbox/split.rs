@@ -119,6 +119,10 @@ pub fn merge_count<'a>(pieces: impl IntoIterator<Item = &'a str>, limit: usize) 
     let mut total = 0;
     let mut count = 0;
     for piece in pieces {
+        // A raw body (a `text` message) goes alone.
+        if piece.starts_with(super::RAW_BODY_MARKER) {
+            return count.max(1);
+        }
         let added = if count == 0 { piece.len() } else { SEP.len() + piece.len() };
         if count > 0 && total + added > limit {
             break;
@@ -262,5 +266,14 @@ mod tests {
         assert_eq!(merge_count(refs().skip(1), 4096), 2);
         assert_eq!(merge(refs().take(2)).len(), 4002);
         assert_eq!(merge_count(["x".repeat(5000).as_str()], 4096), 1);
+    }
+
+    #[test]
+    fn raw_bodies_are_never_merged() {
+        let raw = crate::outbox::raw_body_piece("{}");
+        assert_eq!(merge_count(["a", raw.as_str(), "b"], 4096), 1);
+        assert_eq!(merge_count([raw.as_str(), "b"], 4096), 1);
+        assert_eq!(crate::outbox::body_of(&raw), "{}");
+        assert!(crate::outbox::body_of("md").contains("\"msgtype\":\"markdown\""));
     }
 }

@@ -82,7 +82,10 @@ fn connection_refused_for_a_while_then_delivered() {
     });
     let expected: Vec<_> = (0..3).map(|i| (format!("r{i}"), "firing".to_string())).collect();
     assert_exactly_once(&fake, &expected);
-    assert!(relay.logs().contains("delivery recovered"));
+    // Logged once the relay has read the answer, a moment after the fake counted it.
+    wait_until(Duration::from_secs(5), "recovery logged", || {
+        relay.logs().contains("delivery recovered")
+    });
 }
 
 #[test]

@@ -96,6 +96,10 @@ fn metrics_count_what_happened() {
     );
     assert_eq!(relay.post(b"nope").status, 400);
     wait_until(Duration::from_secs(10), "delivered after 45009", || fake.delivered().len() == 1);
+    // The relay counts a send once it has read the answer, a moment after the fake counted it.
+    wait_until(Duration::from_secs(5), "send counted", || {
+        relay.metrics().contains("weixin_robot_outbox_messages{robot=\"default\"} 0")
+    });
     let m = relay.metrics();
     for line in [
         "weixin_robot_notifications_received_total{status=\"firing\"} 1",

@@ -47,9 +47,13 @@ fn routes_by_path_label_and_default() {
     };
     assert_eq!(fps(&dba), ["by-path", "by-label"]);
     assert_eq!(fps(&ops), ["by-default", "unknown-label"]);
-    let m = relay.metrics();
-    assert!(m.contains("weixin_robot_messages_sent_total{robot=\"dba\"}"), "{m}");
-    assert!(m.contains("weixin_robot_outbox_messages{robot=\"ops\"} 0"), "{m}");
+    // The relay counts a send once it has read the answer, a moment after the fake counted it.
+    wait_until(Duration::from_secs(5), "sends counted per robot", || {
+        let m = relay.metrics();
+        m.contains("weixin_robot_messages_sent_total{robot=\"dba\"}")
+            && m.contains("weixin_robot_outbox_messages{robot=\"dba\"} 0")
+            && m.contains("weixin_robot_outbox_messages{robot=\"ops\"} 0")
+    });
     assert!(relay.logs().contains("robot=dba"));
 }
 
@@ -124,4 +128,47 @@ fn config_errors_exit_2_with_the_line() {
         assert!(err.contains(want), "{text}: {err}");
         assert!(!err.contains(SECRET), "{err}");
     }
+}
+
+#[test]
+fn mentions_go_out_as_a_text_message_after_the_markdown() {
+    let fake = FakeWeCom::start();
+    let dir = TempDir::new("mentions");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[robots.ops]\nkey = \"{}\"\nmention_users = [\"zhangsan\"]\n\n\
+             [[mentions]]\nlabel = \"severity\"\nvalue = \"critical\"\nusers = [\"lisi\"]\n\
+             mobiles = [\"13800000000\"]\nall = true\n",
+            fake.url()
+        ),
+    );
+    let relay = Relay::start(&["--config", &config]);
+    // payload() labels every alert severity=critical.
+    assert_eq!(relay.post(&payload("m1", &[A("crit", "firing", "DiskFull")])).status, 200);
+    wait_until(Duration::from_secs(10), "markdown and text", || fake.delivered().len() == 2);
+    let got = fake.delivered();
+    assert_eq!(got[0].body["msgtype"], "markdown");
+    let text = &got[1].body;
+    assert_eq!(text["msgtype"], "text");
+    assert_eq!(text["text"]["mentioned_list"], serde_json::json!(["lisi", "zhangsan", "@all"]));
+    assert_eq!(text["text"]["mentioned_mobile_list"], serde_json::json!(["13800000000"]));
+    assert_eq!(text["text"]["content"], "【告警通知】1 条告警待处理: DiskFull");
+
+    // Not critical: only the robot's own list.
+    let warning = String::from_utf8(payload("m2", &[A("warn", "firing", "Slow")]))
+        .expect("utf8")
+        .replace("\"severity\":\"critical\"", "\"severity\":\"warning\"");
+    assert_eq!(relay.post(warning.as_bytes()).status, 200);
+    wait_until(Duration::from_secs(10), "second pair", || fake.delivered().len() == 4);
+    assert_eq!(fake.delivered()[3].body["text"]["mentioned_list"], serde_json::json!(["zhangsan"]));
+    assert_eq!(fake.delivered()[3].body["text"]["mentioned_mobile_list"], serde_json::json!([]));
+
+    // A recovery wakes nobody.
+    assert_eq!(relay.post(&payload("m1", &[A("crit", "resolved", "DiskFull")])).status, 200);
+    wait_until(Duration::from_secs(10), "resolved markdown", || fake.delivered().len() == 5);
+    assert_eq!(fake.delivered()[4].body["msgtype"], "markdown");
+    wait_until(Duration::from_secs(5), "outbox settled", || {
+        relay.metrics().contains("weixin_robot_outbox_messages{robot=\"ops\"} 0")
+    });
 }
