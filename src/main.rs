@@ -8,6 +8,7 @@ mod build;
 mod commands;
 mod config;
 mod config_file;
+mod fleet;
 mod guard;
 mod intake;
 mod logger;
@@ -25,9 +26,7 @@ use std::time::Instant;
 
 use may_minihttp::HttpServiceFactory;
 
-use crate::config::Config;
-use crate::outbox::sender::{self, Target};
-use crate::outbox::{spool::Spool, Limits, Outbox};
+use crate::config::{Config, RawArgs};
 
 /// Coroutine stack in machine words (128 KiB on 64-bit). JSON depth is capped at
 /// `intake::MAX_JSON_DEPTH` (16) before serde_json recurses; measured in a debug build (the
@@ -61,7 +60,7 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), Failure> {
     // Block the signals we handle before any thread starts, so every thread inherits the mask
-    // and only `wait_for_signal` ever sees them.
+    // and only `Signals::wait` ever sees them.
     let signals = Signals::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
 
     let raw =
@@ -78,7 +77,7 @@ fn run() -> Result<(), Failure> {
     let config = Config::from_raw(&raw).map_err(|e| Failure::Usage(e.to_string()))?;
     logger::init();
     match &raw.command {
-        config::Command::Serve => serve(&config, &signals),
+        config::Command::Serve => serve(&config, raw, &signals),
         config::Command::Render(path) => {
             commands::render(&config, path.as_deref()).map_err(Failure::Runtime)
         }
@@ -87,58 +86,13 @@ fn run() -> Result<(), Failure> {
     }
 }
 
-fn serve(config: &Config, signals: &Signals) -> Result<(), Failure> {
+fn serve(config: &Config, raw: RawArgs, signals: &Signals) -> Result<(), Failure> {
     if config.dry_run {
         log::warn!("dry run: messages are printed to stdout, nothing is sent to WeCom");
     }
-    let mut robots = Vec::new();
-    for robot in &config.robots {
-        let client = wecom::Client::new(config.send_timeout, config.ca_file.as_deref())
-            .map_err(Failure::Usage)?;
-        let target = match (&robot.webhook, config.dry_run) {
-            (Some(url), false) => {
-                if !url.is_https() {
-                    log::warn!(
-                        "webhook URL uses plain http: the key travels unencrypted robot={} url={url}",
-                        robot.name
-                    );
-                }
-                Target::WeCom { client, url: url.clone() }
-            }
-            _ => Target::Stdout,
-        };
-        let outbox = Arc::new(open_outbox(config, &robot.name)?);
-        sender::spawn(
-            Arc::clone(&outbox),
-            target,
-            sender::Settings {
-                robot: robot.name.clone(),
-                rate: robot.rate,
-                retry_initial: config.retry_initial,
-                retry_max: config.retry_max,
-            },
-        )
-        .map_err(|e| Failure::Runtime(format!("starting sender thread: {e}")))?;
-        log::info!(
-            "robot ready robot={} webhook={} rate={}/{:?}",
-            robot.name,
-            robot.webhook.as_ref().map_or_else(|| "-".to_string(), ToString::to_string),
-            robot.rate.messages,
-            robot.rate.window
-        );
-        robots.push(routing::Robot {
-            name: robot.name.clone(),
-            outbox,
-            mention: robot.mention.clone(),
-        });
-    }
-    let robots = routing::Robots::new(
-        robots,
-        &config.default_robot,
-        config.route_label.clone(),
-        config.mention_rules.clone(),
-    )
-    .ok_or_else(|| Failure::Usage(format!("no robot named {:?}", config.default_robot)))?;
+    // A bad --ca-file is a configuration error (exit 2), found before anything starts.
+    wecom::Client::new(config.send_timeout, config.ca_file.as_deref()).map_err(Failure::Usage)?;
+    let fleet = fleet::Fleet::start(config, raw).map_err(Failure::Runtime)?;
 
     let auth =
         auth::Auth::load(config.auth_token_file.as_deref(), config.basic_auth_file.as_deref())
@@ -154,7 +108,7 @@ fn serve(config: &Config, signals: &Signals) -> Result<(), Failure> {
 
     may::config().set_pool_capacity(COROUTINE_POOL).set_stack_size(COROUTINE_STACK_WORDS);
     let app = Arc::new(server::App {
-        robots,
+        fleet,
         tz: config.tz,
         max_body_bytes: config.max_body_bytes,
         auth,
@@ -177,9 +131,10 @@ fn serve(config: &Config, signals: &Signals) -> Result<(), Failure> {
 
     loop {
         match signals.wait() {
-            libc::SIGHUP => {
-                log::info!("SIGHUP ignored: reloading the configuration is not built yet")
-            }
+            libc::SIGHUP => match app.fleet.reload() {
+                Ok(summary) => log::info!("configuration reloaded (SIGHUP) {summary}"),
+                Err(e) => log::error!("reload failed, the old configuration stays: {e}"),
+            },
             sig => {
                 log::info!("signal received, draining signal={sig} grace={:?}", config.grace);
                 break;
@@ -188,10 +143,11 @@ fn serve(config: &Config, signals: &Signals) -> Result<(), Failure> {
     }
     app.accepting.store(false, Ordering::Relaxed);
     let deadline = Instant::now() + config.grace;
-    for robot in app.robots.all() {
+    let robots = app.fleet.all();
+    for robot in &robots {
         robot.outbox.close_intake();
     }
-    for robot in app.robots.all() {
+    for robot in &robots {
         let outbox = &robot.outbox;
         let drained = outbox.drain(deadline);
         outbox.stop();
@@ -216,35 +172,6 @@ fn serve(config: &Config, signals: &Signals) -> Result<(), Failure> {
     }
     log::info!("exiting");
     Ok(())
-}
-
-/// The robot named `default` keeps its spool in `--state-dir` itself (where a single-robot
-/// relay always kept it); others in `--state-dir/robots/NAME`.
-fn open_outbox(config: &Config, robot: &str) -> Result<Outbox, Failure> {
-    let limits = Limits {
-        max_messages: config.queue_max_messages,
-        max_bytes: config.queue_max_bytes,
-        dedup_window: config.dedup_window,
-    };
-    let Some(base) = &config.state_dir else {
-        return Ok(Outbox::new(limits, None));
-    };
-    let dir = if robot == "default" { base.clone() } else { base.join("robots").join(robot) };
-    let dir = &dir;
-    let (spool, recovered) = Spool::open(dir).map_err(|e| Failure::Runtime(e.to_string()))?;
-    if recovered.corrupt > 0 {
-        log::error!(
-            "spool had corrupt files, moved to corrupt/ robot={robot} count={}",
-            recovered.corrupt
-        );
-    }
-    if !recovered.records.is_empty() {
-        log::info!(
-            "recovered pending notifications from spool robot={robot} count={}",
-            recovered.records.len()
-        );
-    }
-    Ok(Outbox::new(limits, Some((spool, recovered.records))))
 }
 
 /// Lifts the soft open-files limit to the hard one: every connection is a descriptor, and

@@ -2,7 +2,7 @@
 //! the one named by the routing label (`--config`'s `route_label`, default `wecom_robot`) in
 //! the group's labels, else the default robot. Each robot has its own outbox and budget.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::alertmanager::{Payload, Status};
 use crate::config_file::{MentionEntry, MentionRule};
@@ -11,12 +11,14 @@ use crate::outbox::Outbox;
 pub struct Robot {
     pub name: String,
     pub outbox: Arc<Outbox>,
-    /// Mentioned on every notification with a firing alert.
-    pub mention: MentionEntry,
+    /// Where its sender sends and how fast; a reload updates it in place.
+    pub live: crate::outbox::sender::Live,
+    /// Mentioned on every notification with a firing alert; a reload updates it in place.
+    pub mention: Mutex<MentionEntry>,
 }
 
 pub struct Robots {
-    robots: Vec<Robot>,
+    robots: Vec<Arc<Robot>>,
     default: usize,
     label: String,
     rules: Vec<MentionRule>,
@@ -25,7 +27,7 @@ pub struct Robots {
 impl Robots {
     /// `None` when `default` is not among `robots` (config checks this first).
     pub fn new(
-        robots: Vec<Robot>,
+        robots: Vec<Arc<Robot>>,
         default: &str,
         label: String,
         rules: Vec<MentionRule>,
@@ -42,7 +44,7 @@ impl Robots {
         if firing.is_empty() {
             return MentionEntry::default();
         }
-        let mut out = robot.mention.clone();
+        let mut out = robot.mention.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for rule in &self.rules {
             if rule.robot.as_ref().is_some_and(|r| r != &robot.name) {
                 continue;
@@ -64,13 +66,13 @@ impl Robots {
         out
     }
 
-    pub fn named(&self, name: &str) -> Option<&Robot> {
+    pub fn named(&self, name: &str) -> Option<&Arc<Robot>> {
         self.robots.iter().find(|r| r.name == name)
     }
 
     /// The routing label's value from the group labels, the common labels or the first
     /// alert (in that order) picks a robot; an unknown value falls back to the default.
-    pub fn pick(&self, payload: &Payload) -> &Robot {
+    pub fn pick(&self, payload: &Payload) -> &Arc<Robot> {
         let value = payload
             .group_labels
             .get(&self.label)
@@ -90,7 +92,7 @@ impl Robots {
         }
     }
 
-    pub fn all(&self) -> &[Robot] {
+    pub fn all(&self) -> &[Arc<Robot>] {
         &self.robots
     }
 }

@@ -25,11 +25,11 @@ use serde_json::json;
 
 use crate::auth::Auth;
 use crate::config::TzOffset;
+use crate::fleet::Fleet;
 use crate::guard::{self, ConnState, Guard};
 use crate::intake::{self, Rejected};
 use crate::metrics;
 use crate::outbox::{EnqueueError, Enqueued};
-use crate::routing::Robots;
 
 /// Bodies above `--max-body` but at most this big are read and thrown away so the client gets
 /// a clean 413 on a healthy connection; anything larger gets its answer and a closed socket.
@@ -37,7 +37,7 @@ const DISCARD_LIMIT_BYTES: u64 = 64 << 20;
 
 /// Everything request handling needs, shared by all connections.
 pub struct App {
-    pub robots: Robots,
+    pub fleet: Fleet,
     pub tz: TzOffset,
     pub max_body_bytes: u64,
     pub auth: Option<Auth>,
@@ -125,6 +125,7 @@ enum Route {
     Healthy,
     Ready,
     Metrics,
+    Reload,
     #[cfg(debug_assertions)]
     Panic,
     Unknown,
@@ -138,6 +139,7 @@ impl Route {
             "/healthz" | "/-/healthy" => Route::Healthy,
             "/-/ready" => Route::Ready,
             "/metrics" => Route::Metrics,
+            "/-/reload" => Route::Reload,
             // Debug builds only: lets a test prove that a panicking request takes down neither
             // the process nor the queue. Release builds have no such path.
             #[cfg(debug_assertions)]
@@ -147,7 +149,7 @@ impl Route {
     }
 
     fn needs_auth(self) -> bool {
-        matches!(self, Route::Intake | Route::Metrics)
+        matches!(self, Route::Intake | Route::Metrics | Route::Reload)
     }
 }
 
@@ -300,7 +302,7 @@ impl Conn {
             }
             Route::Healthy if get => reply(200, "OK", json!({"status": "ok"})),
             Route::Ready if get => {
-                let full = self.app.robots.all().iter().any(|r| r.outbox.stats().full);
+                let full = self.app.fleet.robots().all().iter().any(|r| r.outbox.stats().full);
                 if !self.app.accepting.load(Ordering::Relaxed) {
                     reply(503, "Service Unavailable", json!({"status": "shutting down"}))
                 } else if full {
@@ -312,7 +314,7 @@ impl Conn {
             Route::Metrics if get => {
                 let gauges: Vec<metrics::Gauges> = self
                     .app
-                    .robots
+                    .fleet
                     .all()
                     .iter()
                     .map(|r| {
@@ -331,6 +333,21 @@ impl Conn {
                     headers: &["Content-Type: text/plain; version=0.0.4; charset=utf-8"],
                     body: metrics::render(&gauges, self.app.guard.connections()),
                 }
+            }
+            Route::Reload if method == Method::Post => match self.app.fleet.reload() {
+                Ok(summary) => {
+                    log::info!("configuration reloaded (POST /-/reload) {summary}");
+                    reply(200, "OK", json!({"status": "reloaded"}))
+                }
+                Err(e) => {
+                    log::error!("reload failed, the old configuration stays: {e}");
+                    error(500, "Internal Server Error", "reload_failed", &e)
+                }
+            },
+            Route::Reload => {
+                let mut r = error(405, "Method Not Allowed", "bad_method", "use POST");
+                r.headers = &["Allow: POST"];
+                r
             }
             #[cfg(debug_assertions)]
             Route::Panic => panic!("deliberate panic from /-/debug/panic"),
@@ -352,7 +369,7 @@ impl Conn {
         if !self.app.accepting.load(Ordering::Relaxed) {
             return unavailable(&EnqueueError::ShuttingDown, "shutting_down");
         }
-        match intake::accept(body, self.app.tz, &self.app.robots, path_robot) {
+        match intake::accept(body, self.app.tz, &self.app.fleet.robots(), path_robot) {
             Ok(Enqueued::Queued { id, .. }) => {
                 reply(200, "OK", json!({"status": "queued", "id": id}))
             }

@@ -162,6 +162,7 @@ pub fn text_body(content: &str, users: &[String], mobiles: &[String], all: bool)
 }
 
 /// Connection settings shared by every send.
+#[derive(Clone)]
 pub struct Client {
     timeout: Duration,
     extra_roots: Vec<CertificateDer<'static>>,

@@ -33,6 +33,13 @@ impl Limiter {
         }
     }
 
+    /// A reload changed the budget: keep the log of what was sent, judge it by the new rule.
+    pub fn set_rate(&mut self, rate: Rate) {
+        self.max = rate.messages as usize;
+        self.window = rate.window;
+        self.margin = rate.window / 30;
+    }
+
     fn span(&self) -> Duration {
         self.window + self.margin
     }

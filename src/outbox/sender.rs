@@ -9,7 +9,7 @@
 //! A failure is logged when it starts or changes, not on every retry.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Rate, WebhookUrl};
@@ -20,6 +20,7 @@ use crate::outbox::{self, Outbox, Outcome};
 use crate::wecom::{self, Class, SendError};
 
 /// Where messages go: WeCom, or stdout for `--dry-run`.
+#[derive(Clone)]
 pub enum Target {
     WeCom { client: wecom::Client, url: WebhookUrl },
     Stdout,
@@ -27,10 +28,13 @@ pub enum Target {
 
 pub struct Settings {
     pub robot: String,
-    pub rate: Rate,
     pub retry_initial: Duration,
     pub retry_max: Duration,
 }
+
+/// Where a robot sends and how fast: shared with the config reload, which swaps it while the
+/// sender runs. Read once per message.
+pub type Live = Arc<Mutex<(Target, Rate)>>;
 
 /// Exponential backoff with "equal jitter": half fixed, half random, so a fleet of relays
 /// that failed together does not retry together.
@@ -61,15 +65,19 @@ impl Backoff {
 /// Spawns the sender as an OS thread (attohttpc blocks; coroutines must not).
 pub fn spawn(
     outbox: Arc<Outbox>,
-    target: Target,
+    live: Live,
     settings: Settings,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("sender-{}", settings.robot))
-        .spawn(move || run(&outbox, &target, &settings))
+        .spawn(move || run(&outbox, &live, &settings))
 }
 
-fn run(outbox: &Outbox, target: &Target, settings: &Settings) {
+fn current(live: &Live) -> (Target, Rate) {
+    live.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn run(outbox: &Outbox, live: &Live, settings: &Settings) {
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(1);
     let mut backoff = Backoff {
         initial: settings.retry_initial,
@@ -77,7 +85,8 @@ fn run(outbox: &Outbox, target: &Target, settings: &Settings) {
         attempt: 0,
         rng: (u64::from(seed) << 32 | u64::from(std::process::id())) | 1,
     };
-    let limiter = RefCell::new(Limiter::new(settings.rate));
+    let (_, mut rate) = current(live);
+    let limiter = RefCell::new(Limiter::new(rate));
     let mut hold_until = Instant::now();
     let mut failing: Option<String> = None;
     let robot = settings.robot.as_str();
@@ -90,6 +99,12 @@ fn run(outbox: &Outbox, target: &Target, settings: &Settings) {
         let Some(batch) = outbox.next_batch(not_before, WECOM_MARKDOWN_MAX_BYTES) else {
             return;
         };
+        let (target, new_rate) = current(live);
+        if new_rate != rate {
+            rate = new_rate;
+            limiter.borrow_mut().set_rate(rate);
+        }
+        let target = &target;
         let (result, latency) = match target {
             Target::WeCom { client, url } => client.send(url, &outbox::body_of(&batch.text)),
             Target::Stdout => {

@@ -127,7 +127,7 @@ fn idle_and_slow_requests_time_out_with_408() {
 fn connection_limit_answers_503() {
     let fake = FakeWeCom::start();
     let relay =
-        Relay::start(&["--key", &fake.url(), "--max-connections", "4", "--request-timeout", "2s"]);
+        Relay::start(&["--key", &fake.url(), "--max-connections", "4", "--request-timeout", "20s"]);
     let held: Vec<TcpStream> =
         (0..4).map(|_| TcpStream::connect(relay.addr).expect("connect")).collect();
     wait_until(Duration::from_secs(5), "four held", || {

@@ -172,3 +172,61 @@ fn mentions_go_out_as_a_text_message_after_the_markdown() {
         relay.metrics().contains("weixin_robot_outbox_messages{robot=\"ops\"} 0")
     });
 }
+
+fn reload(relay: &Relay) -> Response {
+    post(relay.addr, "/-/reload", b"")
+}
+
+#[test]
+fn reload_with_good_and_bad_files() {
+    let (a, b, c) = (FakeWeCom::start(), FakeWeCom::start(), FakeWeCom::start());
+    let dir = TempDir::new("reload");
+    let config = write_config(&dir, &format!("[robots.ops]\nkey = \"{}\"\n", a.url()));
+    let relay = Relay::start(&["--config", &config]);
+    assert_eq!(relay.post(&payload("r1", &[A("r1", "firing", "R")])).status, 200);
+    wait_until(Duration::from_secs(10), "ops → a", || a.delivered().len() == 1);
+
+    // SIGHUP: a second robot appears.
+    write_config(
+        &dir,
+        &format!(
+            "default_robot = \"ops\"\n[robots.ops]\nkey = \"{}\"\n[robots.dba]\nkey = \"{}\"\n",
+            a.url(),
+            b.url()
+        ),
+    );
+    relay.signal("HUP");
+    wait_until(Duration::from_secs(10), "reload logged", || {
+        relay.logs().contains("configuration reloaded (SIGHUP) robots=2 added=1 removed=0")
+    });
+    assert_eq!(
+        post(relay.addr, "/alertinfo/dba", &payload("r2", &[A("r2", "firing", "R")])).status,
+        200
+    );
+    wait_until(Duration::from_secs(10), "dba → b", || b.delivered().len() == 1);
+
+    // A bad file is refused with its line; the old configuration keeps working.
+    write_config(&dir, "[robots.ops]\nkye = \"x\"\n");
+    let r = reload(&relay);
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("line 2: unknown key"), "{}", r.body);
+    assert!(relay.logs().contains("reload failed, the old configuration stays"));
+    assert_eq!(
+        post(relay.addr, "/alertinfo/dba", &payload("r3", &[A("r3", "firing", "R")])).status,
+        200
+    );
+    wait_until(Duration::from_secs(10), "dba still → b", || b.delivered().len() == 2);
+
+    // POST /-/reload: ops gets a new key (same outbox), dba goes away.
+    write_config(&dir, &format!("[robots.ops]\nkey = \"{}\"\n", c.url()));
+    let r = reload(&relay);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(relay.post(&payload("r4", &[A("r4", "firing", "R")])).status, 200);
+    wait_until(Duration::from_secs(10), "ops → c now", || c.delivered().len() == 1);
+    assert_eq!(a.delivered().len(), 1);
+    assert_eq!(
+        post(relay.addr, "/alertinfo/dba", &payload("r5", &[A("r5", "firing", "R")])).status,
+        404
+    );
+    assert_eq!(get(relay.addr, "/-/reload").status, 405);
+}
