@@ -594,6 +594,7 @@ pub struct RobotConfig {
     /// `None` only with `--dry-run` (or for commands that send nothing).
     pub webhook: Option<WebhookUrl>,
     pub rate: Rate,
+    pub msgtype: crate::wecom::MsgType,
     /// Mentioned on every notification with a firing alert.
     pub mention: config_file::MentionEntry,
 }
@@ -778,6 +779,7 @@ fn robots(
             name: "default".into(),
             webhook: cli_webhook.cloned(),
             rate: cli_rate,
+            msgtype: crate::wecom::MsgType::Markdown,
             mention: config_file::MentionEntry::default(),
         });
     }
@@ -814,7 +816,19 @@ fn robots(
             Some(r) => Rate::parse(r).map_err(|e| bad(format!("{where_}: rate: {e}")))?,
             None => cli_rate,
         };
-        robots.push(RobotConfig { name: entry.name, webhook, rate, mention: entry.mention });
+        let msgtype = match &entry.msgtype {
+            Some(m) => {
+                crate::wecom::MsgType::parse(m).map_err(|e| bad(format!("{where_}: {e}")))?
+            }
+            None => crate::wecom::MsgType::Markdown,
+        };
+        robots.push(RobotConfig {
+            name: entry.name,
+            webhook,
+            rate,
+            msgtype,
+            mention: entry.mention,
+        });
     }
     if robots.is_empty() {
         return Err(bad(format!("{}: defines no robots", path.display())));

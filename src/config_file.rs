@@ -34,6 +34,7 @@ pub struct RobotEntry {
     pub key: Option<String>,
     pub key_file: Option<PathBuf>,
     pub rate: Option<String>,
+    pub msgtype: Option<String>,
     /// Mentioned on every notification with a firing alert.
     pub mention: MentionEntry,
 }
@@ -144,6 +145,7 @@ pub fn parse(text: &str) -> Result<FileConfig, String> {
                 out.robots[i].key_file = Some(PathBuf::from(string(value)?))
             }
             (Table::Robot(i), "rate") => out.robots[i].rate = Some(string(value)?),
+            (Table::Robot(i), "msgtype") => out.robots[i].msgtype = Some(string(value)?),
             (Table::Robot(i), "mention_users") => out.robots[i].mention.users = list(value)?,
             (Table::Robot(i), "mention_mobiles") => out.robots[i].mention.mobiles = list(value)?,
             (Table::Robot(i), "mention_all") => out.robots[i].mention.all = boolean(value)?,

@@ -75,13 +75,17 @@ impl Fleet {
             }
         }
         let new = routing(&config, robots)?;
-        // Nothing can fail from here on: apply.
+        let mut updates = Vec::new();
         for rc in &config.robots {
             if let Some(robot) = new.named(&rc.name) {
-                *robot.live.lock().unwrap_or_else(|p| p.into_inner()) =
-                    (target(&self.base, rc)?, rc.rate);
-                *robot.mention.lock().unwrap_or_else(|p| p.into_inner()) = rc.mention.clone();
+                let live = (target(&self.base, rc)?, rc.rate, rc.msgtype);
+                updates.push((Arc::clone(robot), live, rc.mention.clone()));
             }
+        }
+        // Nothing can fail from here on: apply.
+        for (robot, live, mention) in updates {
+            *robot.live.lock().unwrap_or_else(|p| p.into_inner()) = live;
+            *robot.mention.lock().unwrap_or_else(|p| p.into_inner()) = mention;
         }
         let removed: Vec<Arc<Robot>> =
             old.all().iter().filter(|r| new.named(&r.name).is_none()).cloned().collect();
@@ -129,7 +133,7 @@ fn target(config: &Config, rc: &RobotConfig) -> Result<Target, String> {
 }
 
 fn start_robot(config: &Config, rc: &RobotConfig) -> Result<Robot, String> {
-    let live: sender::Live = Arc::new(Mutex::new((target(config, rc)?, rc.rate)));
+    let live: sender::Live = Arc::new(Mutex::new((target(config, rc)?, rc.rate, rc.msgtype)));
     let outbox = Arc::new(open_outbox(config, &rc.name)?);
     sender::spawn(
         Arc::clone(&outbox),
@@ -142,8 +146,9 @@ fn start_robot(config: &Config, rc: &RobotConfig) -> Result<Robot, String> {
     )
     .map_err(|e| format!("starting sender thread: {e}"))?;
     log::info!(
-        "robot ready robot={} webhook={} rate={}/{:?}",
+        "robot ready robot={} msgtype={:?} webhook={} rate={}/{:?}",
         rc.name,
+        rc.msgtype,
         rc.webhook.as_ref().map_or_else(|| "-".to_string(), ToString::to_string),
         rc.rate.messages,
         rc.rate.window

@@ -12,10 +12,11 @@ use std::hash::{Hash, Hasher};
 use crate::alertmanager::{self, Alert, Payload, Status};
 use crate::config::TzOffset;
 use crate::metrics;
-use crate::outbox::split::{split, WECOM_MARKDOWN_MAX_BYTES};
+use crate::outbox::split::split;
 use crate::outbox::{EnqueueError, Enqueued, NewItem};
 use crate::render;
 use crate::routing::Robots;
+use crate::wecom::MsgType;
 
 /// Alertmanager's payload is 4 levels deep; 16 leaves room for hand-written senders while
 /// keeping serde_json's recursion (and `Value`'s recursive drop) far from the end of a
@@ -53,8 +54,9 @@ fn parse(body: &[u8]) -> Result<Payload, Rejected> {
 }
 
 /// Renders and splits a parsed notification into an outbox item.
-fn build(payload: &Payload, tz: TzOffset) -> NewItem {
-    let parts = split(&render::render(payload, tz), WECOM_MARKDOWN_MAX_BYTES);
+fn build(payload: &Payload, tz: TzOffset, msgtype: MsgType) -> NewItem {
+    let doc = render::adapt(render::render(payload, tz), msgtype);
+    let parts = split(&doc, msgtype.limit());
     NewItem {
         group_key: payload.group_key.clone(),
         identities: payload.alerts.iter().map(identity).collect(),
@@ -67,7 +69,7 @@ fn build(payload: &Payload, tz: TzOffset) -> NewItem {
 /// Parses, renders and splits a body into messages ready for the outbox (the `render`
 /// command shows these).
 pub fn prepare(body: &[u8], tz: TzOffset) -> Result<NewItem, Rejected> {
-    Ok(build(&parse(body)?, tz))
+    Ok(build(&parse(body)?, tz, MsgType::Markdown))
 }
 
 /// Queues a body for the robot named in the path, or the one routing picks. Logs one line per
@@ -93,7 +95,8 @@ pub fn accept(
     let result = if duplicate {
         Enqueued::Duplicate
     } else {
-        let mut item = build(&payload, tz);
+        let msgtype = robot.live.lock().map(|l| l.2).unwrap_or_default();
+        let mut item = build(&payload, tz, msgtype);
         let mention = robots.mentions_for(robot, &payload);
         if mention.all || !mention.users.is_empty() || !mention.mobiles.is_empty() {
             item.parts.push(mention_piece(&payload, &mention));
@@ -342,7 +345,7 @@ mod tests {
                 accepted += 1;
                 assert!(!item.parts.is_empty());
                 for part in &item.parts {
-                    assert!(part.len() <= WECOM_MARKDOWN_MAX_BYTES, "{} bytes", part.len());
+                    assert!(part.len() <= crate::wecom::MARKDOWN_MAX_BYTES, "{} bytes", part.len());
                 }
             }
         }

@@ -15,6 +15,7 @@ use std::fmt::Write;
 
 use crate::alertmanager::{civil_from_days, Alert, Payload, Status, Timestamp};
 use crate::config::TzOffset;
+use crate::wecom::MsgType;
 
 /// A rendered notification, before splitting into messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,6 +134,60 @@ fn render_alert(alert: &Alert, payload: &Payload, tz: TzOffset) -> String {
     out
 }
 
+/// The document in another message type's syntax: `markdown_v2` has no `<font color>`;
+/// `text` has no markup at all (headings, bold, quotes and links become plain text). Only our
+/// own markup is touched: label text was escaped and holds none.
+pub fn adapt(doc: Document, msgtype: MsgType) -> Document {
+    let convert: fn(&str) -> String = match msgtype {
+        MsgType::Markdown => return doc,
+        MsgType::MarkdownV2 => strip_font,
+        MsgType::Text => plain_text,
+    };
+    Document {
+        sections: doc
+            .sections
+            .into_iter()
+            .map(|s| Section {
+                heading: convert(&s.heading),
+                alerts: s.alerts.iter().map(|a| convert(a)).collect(),
+            })
+            .collect(),
+        footer: doc.footer.as_deref().map(convert),
+    }
+}
+
+fn strip_font(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("<font color=\"") {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        match rest.find('>') {
+            Some(end) => rest = &rest[end + 1..],
+            None => break,
+        }
+    }
+    out.push_str(rest);
+    out.replace("</font>", "")
+}
+
+fn plain_text(s: &str) -> String {
+    strip_font(s)
+        .lines()
+        .map(|line| {
+            let line = line.strip_prefix("## ").or_else(|| line.strip_prefix("> ")).unwrap_or(line);
+            let line = line.replace("**", "");
+            match (line.find("]("), line.starts_with('[') && line.ends_with(')')) {
+                (Some(mid), true) => {
+                    format!("{}: {}", &line[1..mid], &line[mid + 2..line.len() - 1])
+                }
+                _ => line,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn or_dash(s: &str) -> String {
     if s.is_empty() {
         "-".to_string()
@@ -211,7 +266,8 @@ pub fn format_time(t: Timestamp, tz: TzOffset) -> String {
 mod tests {
     use super::*;
     use crate::alertmanager::{parse, parse_rfc3339};
-    use crate::outbox::split::{split, WECOM_MARKDOWN_MAX_BYTES};
+    use crate::outbox::split::split;
+    use crate::wecom::MARKDOWN_MAX_BYTES;
     use std::path::Path;
 
     const CST: TzOffset = TzOffset { seconds: 8 * 3600 };
@@ -223,6 +279,28 @@ mod tests {
             "＜font color=\"info\"＞x＜/font＞ ＜@all＞ ＊＊b＊＊ ｀c｀ ［l］(u) ＞ q"
         );
         assert_eq!(escape("  a\r\n\r\n b\u{7}c  "), "a bc");
+    }
+
+    #[test]
+    fn adapts_to_markdown_v2_and_text() -> Result<(), String> {
+        let body =
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/firing.json"))
+                .map_err(|e| e.to_string())?;
+        let doc = render(&parse(&body).map_err(|e| e.to_string())?, CST);
+        let v2 = adapt(doc.clone(), MsgType::MarkdownV2).to_markdown();
+        assert!(!v2.contains("<font") && !v2.contains("</font>"), "{v2}");
+        assert!(
+            v2.starts_with("## 告警通知 共 1 条") && v2.contains("**告警名称**: InstanceDown"),
+            "{v2}"
+        );
+        let text = adapt(doc, MsgType::Text).to_markdown();
+        assert!(
+            text.starts_with("告警通知 共 1 条\n\n告警名称: InstanceDown\n告警项目: ops"),
+            "{text}"
+        );
+        assert!(text.contains("\n查看详情: http://prometheus:9090/graph?"), "{text}");
+        assert!(!text.contains("**") && !text.contains("> ") && !text.contains("<font"), "{text}");
+        Ok(())
     }
 
     #[test]
@@ -264,7 +342,7 @@ mod tests {
                 Ok(p) => p,
                 Err(e) => panic!("{}: {e}", case.display()),
             };
-            let parts = split(&render(&payload, CST), WECOM_MARKDOWN_MAX_BYTES);
+            let parts = split(&render(&payload, CST), MARKDOWN_MAX_BYTES);
             let got = parts.join("\n\n----- next message -----\n\n") + "\n";
             let md = case.with_extension("md");
             if update {

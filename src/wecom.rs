@@ -141,8 +141,55 @@ impl std::error::Error for SendError {}
 
 /// The JSON body of a markdown message.
 pub fn markdown_body(content: &str) -> String {
-    json!({"msgtype": "markdown", "markdown": {"content": content}}).to_string()
+    MsgType::Markdown.body(content)
 }
+
+/// The message type a robot sends notifications as.
+/// <https://developer.work.weixin.qq.com/document/path/91770>
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MsgType {
+    /// The default: `<font color>`, bold, links, quotes.
+    #[default]
+    Markdown,
+    /// Newer markdown (tables, lists), without `<font color>`.
+    MarkdownV2,
+    /// Plain text, for clients that show markdown badly.
+    Text,
+}
+
+impl MsgType {
+    pub fn parse(s: &str) -> Result<MsgType, String> {
+        match s {
+            "markdown" => Ok(MsgType::Markdown),
+            "markdown_v2" => Ok(MsgType::MarkdownV2),
+            "text" => Ok(MsgType::Text),
+            _ => Err("msgtype must be markdown, markdown_v2 or text".into()),
+        }
+    }
+
+    /// WeCom's content limit in UTF-8 bytes: 4096 for markdown, 2048 for text.
+    pub fn limit(self) -> usize {
+        match self {
+            MsgType::Markdown | MsgType::MarkdownV2 => MARKDOWN_MAX_BYTES,
+            MsgType::Text => TEXT_MAX_BYTES,
+        }
+    }
+
+    pub fn body(self, content: &str) -> String {
+        match self {
+            MsgType::Markdown => json!({"msgtype": "markdown", "markdown": {"content": content}}),
+            MsgType::MarkdownV2 => {
+                json!({"msgtype": "markdown_v2", "markdown_v2": {"content": content}})
+            }
+            MsgType::Text => json!({"msgtype": "text", "text": {"content": content}}),
+        }
+        .to_string()
+    }
+}
+
+/// WeCom's limit for `markdown.content` (and `markdown_v2`), in UTF-8 bytes.
+/// <https://developer.work.weixin.qq.com/document/path/91770#markdown类型>
+pub const MARKDOWN_MAX_BYTES: usize = 4096;
 
 /// WeCom's limit for `text.content`, in UTF-8 bytes.
 pub const TEXT_MAX_BYTES: usize = 2048;

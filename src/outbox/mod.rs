@@ -41,11 +41,12 @@ pub fn raw_body_piece(json_body: &str) -> String {
     format!("{RAW_BODY_MARKER}{json_body}")
 }
 
-/// The JSON body to POST for a batch's text: raw pieces as they are, markdown wrapped.
-pub fn body_of(batch_text: &str) -> String {
+/// The JSON body to POST for a batch's text: raw pieces as they are, content wrapped in the
+/// robot's message type.
+pub fn body_of(batch_text: &str, msgtype: crate::wecom::MsgType) -> String {
     match batch_text.strip_prefix(RAW_BODY_MARKER) {
         Some(raw) => raw.to_string(),
-        None => crate::wecom::markdown_body(batch_text),
+        None => msgtype.body(batch_text),
     }
 }
 

@@ -15,9 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::{Rate, WebhookUrl};
 use crate::metrics;
 use crate::outbox::limiter::Limiter;
-use crate::outbox::split::WECOM_MARKDOWN_MAX_BYTES;
 use crate::outbox::{self, Outbox, Outcome};
-use crate::wecom::{self, Class, SendError};
+use crate::wecom::{self, Class, MsgType, SendError};
 
 /// Where messages go: WeCom, or stdout for `--dry-run`.
 #[derive(Clone)]
@@ -34,7 +33,7 @@ pub struct Settings {
 
 /// Where a robot sends and how fast: shared with the config reload, which swaps it while the
 /// sender runs. Read once per message.
-pub type Live = Arc<Mutex<(Target, Rate)>>;
+pub type Live = Arc<Mutex<(Target, Rate, MsgType)>>;
 
 /// Exponential backoff with "equal jitter": half fixed, half random, so a fleet of relays
 /// that failed together does not retry together.
@@ -73,7 +72,7 @@ pub fn spawn(
         .spawn(move || run(&outbox, &live, &settings))
 }
 
-fn current(live: &Live) -> (Target, Rate) {
+fn current(live: &Live) -> (Target, Rate, MsgType) {
     live.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
@@ -85,7 +84,7 @@ fn run(outbox: &Outbox, live: &Live, settings: &Settings) {
         attempt: 0,
         rng: (u64::from(seed) << 32 | u64::from(std::process::id())) | 1,
     };
-    let (_, mut rate) = current(live);
+    let (_, mut rate, _) = current(live);
     let limiter = RefCell::new(Limiter::new(rate));
     let mut hold_until = Instant::now();
     let mut failing: Option<String> = None;
@@ -96,19 +95,23 @@ fn run(outbox: &Outbox, live: &Live, settings: &Settings) {
             let now = Instant::now();
             limiter.borrow_mut().next_allowed(now).max(hold_until)
         };
-        let Some(batch) = outbox.next_batch(not_before, WECOM_MARKDOWN_MAX_BYTES) else {
+        let limit = current(live).2.limit();
+        let Some(batch) = outbox.next_batch(not_before, limit) else {
             return;
         };
-        let (target, new_rate) = current(live);
+        // Read again: a reload may have changed the key or the budget while we waited.
+        let (target, new_rate, msgtype) = current(live);
         if new_rate != rate {
             rate = new_rate;
             limiter.borrow_mut().set_rate(rate);
         }
         let target = &target;
         let (result, latency) = match target {
-            Target::WeCom { client, url } => client.send(url, &outbox::body_of(&batch.text)),
+            Target::WeCom { client, url } => {
+                client.send(url, &outbox::body_of(&batch.text, msgtype))
+            }
             Target::Stdout => {
-                println!("{}", outbox::body_of(&batch.text));
+                println!("{}", outbox::body_of(&batch.text, msgtype));
                 (Ok(()), Duration::ZERO)
             }
         };

@@ -8,10 +8,6 @@
 
 use crate::render::{push_block, Document};
 
-/// WeCom's limit for `markdown.content`, in UTF-8 bytes.
-/// <https://developer.work.weixin.qq.com/document/path/91770#markdown类型>
-pub const WECOM_MARKDOWN_MAX_BYTES: usize = 4096;
-
 /// Appended where a single alert had to be cut.
 pub const CUT_MARKER: &str = "…（内容过长已截断）";
 
@@ -148,6 +144,7 @@ mod tests {
     use crate::alertmanager::{Alert, Pairs, Payload, Status, Timestamp};
     use crate::config::TzOffset;
     use crate::render::render;
+    use crate::wecom::MARKDOWN_MAX_BYTES;
 
     /// A small deterministic PRNG, so property tests need no extra crate and fail reproducibly.
     struct Rng(u64);
@@ -214,10 +211,10 @@ mod tests {
         for round in 0..400 {
             let payload = random_payload(&mut rng);
             let doc = render(&payload, TzOffset { seconds: 0 });
-            let parts = split(&doc, WECOM_MARKDOWN_MAX_BYTES);
+            let parts = split(&doc, MARKDOWN_MAX_BYTES);
             assert!(!parts.is_empty());
             for p in &parts {
-                assert!(p.len() <= WECOM_MARKDOWN_MAX_BYTES, "round {round}: {} bytes", p.len());
+                assert!(p.len() <= MARKDOWN_MAX_BYTES, "round {round}: {} bytes", p.len());
                 assert!(std::str::from_utf8(p.as_bytes()).is_ok());
             }
             let all = parts.join("\n");
@@ -244,9 +241,9 @@ mod tests {
         payload.alerts.truncate(1);
         payload.truncated_alerts = 0;
         payload.alerts[0].annotations = Pairs(vec![("description".into(), "告".repeat(3000))]);
-        let parts = split(&render(&payload, TzOffset { seconds: 0 }), WECOM_MARKDOWN_MAX_BYTES);
+        let parts = split(&render(&payload, TzOffset { seconds: 0 }), MARKDOWN_MAX_BYTES);
         assert_eq!(parts.len(), 1);
-        assert!(parts[0].len() <= WECOM_MARKDOWN_MAX_BYTES);
+        assert!(parts[0].len() <= MARKDOWN_MAX_BYTES);
         assert!(parts[0].ends_with(CUT_MARKER));
     }
 
@@ -273,7 +270,8 @@ mod tests {
         let raw = crate::outbox::raw_body_piece("{}");
         assert_eq!(merge_count(["a", raw.as_str(), "b"], 4096), 1);
         assert_eq!(merge_count([raw.as_str(), "b"], 4096), 1);
-        assert_eq!(crate::outbox::body_of(&raw), "{}");
-        assert!(crate::outbox::body_of("md").contains("\"msgtype\":\"markdown\""));
+        let md = crate::wecom::MsgType::Markdown;
+        assert_eq!(crate::outbox::body_of(&raw, md), "{}");
+        assert!(crate::outbox::body_of("md", md).contains("\"msgtype\":\"markdown\""));
     }
 }

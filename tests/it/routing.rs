@@ -230,3 +230,41 @@ fn reload_with_good_and_bad_files() {
     );
     assert_eq!(get(relay.addr, "/-/reload").status, 405);
 }
+
+#[test]
+fn message_type_per_robot() {
+    let (v2, text) = (FakeWeCom::start(), FakeWeCom::start());
+    let dir = TempDir::new("msgtype");
+    let config = write_config(
+        &dir,
+        &format!(
+            "default_robot = \"v2\"\n[robots.v2]\nkey = \"{}\"\nmsgtype = \"markdown_v2\"\n\
+             [robots.plain]\nkey = \"{}\"\nmsgtype = \"text\"\n",
+            v2.url(),
+            text.url()
+        ),
+    );
+    let relay = Relay::start(&["--config", &config]);
+    assert_eq!(relay.post(&payload("a", &[A("v2", "firing", "V2")])).status, 200);
+    assert_eq!(
+        post(relay.addr, "/alertinfo/plain", &payload("b", &[A("tx", "firing", "Tx")])).status,
+        200
+    );
+    wait_until(Duration::from_secs(10), "both", || {
+        v2.delivered().len() == 1 && text.delivered().len() == 1
+    });
+    let m = &v2.delivered()[0].body;
+    assert_eq!(m["msgtype"], "markdown_v2");
+    let content = m["markdown_v2"]["content"].as_str().unwrap_or("");
+    assert!(content.starts_with("## 告警通知 共 1 条") && !content.contains("<font"), "{content}");
+    let t = &text.delivered()[0].body;
+    assert_eq!(t["msgtype"], "text");
+    let content = t["text"]["content"].as_str().unwrap_or("");
+    assert!(content.starts_with("告警通知 共 1 条\n\n告警名称: Tx\n"), "{content}");
+    assert!(content.contains("告警详情: Tx fp=tx description"), "{content}");
+
+    let bad = write_config(&dir, "[robots.a]\nkey = \"k\"\nmsgtype = \"html\"\n");
+    let (code, _, err) = run_to_exit(&["--config", &bad], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("msgtype must be markdown, markdown_v2 or text"), "{err}");
+}
