@@ -214,6 +214,14 @@ pub const FLAGS: &[Flag] = &[
         "require HTTP basic auth on /alertinfo and /metrics; user:password per line",
     ),
     flag(
+        "--allow-key-param",
+        None,
+        Some("WEIXIN_ROBOT_ALLOW_KEY_PARAM"),
+        None,
+        None,
+        "accept POST /alertinfo?key=URL|KEY, as other relays do (off: the key ends up in URLs)",
+    ),
+    flag(
         "--dry-run",
         None,
         Some("WEIXIN_ROBOT_DRY_RUN"),
@@ -226,12 +234,13 @@ pub const FLAGS: &[Flag] = &[
 ];
 
 /// What the user typed, before any checking. Missing means "not given" (flag nor env).
-#[derive(Default, Debug)]
+#[derive(Clone, Default, Debug)]
 pub struct RawArgs {
     pub command: Command,
     pub help: bool,
     pub version: bool,
     pub dry_run: bool,
+    pub allow_key_param: bool,
     values: Vec<(&'static str, String)>,
     /// Flags given on the command line (as opposed to through the environment).
     from_command_line: Vec<&'static str>,
@@ -334,6 +343,7 @@ pub fn parse_args(
                 "--help" => raw.help = present,
                 "--version" => raw.version = present,
                 "--dry-run" => raw.dry_run = present,
+                "--allow-key-param" => raw.allow_key_param = present,
                 _ => {}
             }
             continue;
@@ -617,6 +627,9 @@ pub struct Config {
     pub tz: TzOffset,
     pub ca_file: Option<PathBuf>,
     pub send_timeout: Duration,
+    /// `--rate`: the budget of the `default` robot and of robots made for `?key=`.
+    pub rate: Rate,
+    pub allow_key_param: bool,
     pub dedup_window: Duration,
     pub state_dir: Option<PathBuf>,
     pub grace: Duration,
@@ -749,6 +762,8 @@ impl Config {
                 .map_err(|r| invalid("--tz", r))?,
             ca_file: raw.get("--ca-file").map(PathBuf::from),
             send_timeout,
+            rate,
+            allow_key_param: raw.allow_key_param,
             dedup_window: duration("--dedup-window")?,
             state_dir: raw.get("--state-dir").map(PathBuf::from),
             grace: duration("--grace")?,

@@ -12,8 +12,9 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::config::{Config, RawArgs, RobotConfig};
+use crate::config::{Config, RawArgs, RobotConfig, WebhookUrl};
 use crate::outbox::sender::{self, Target};
+use crate::outbox::spool::fnv1a64;
 use crate::outbox::{spool::Spool, Limits, Outbox};
 use crate::routing::{Robot, Robots};
 use crate::wecom;
@@ -27,7 +28,12 @@ pub struct Fleet {
     retired: Mutex<Vec<Arc<Robot>>>,
     /// One reload at a time.
     reloading: Mutex<()>,
+    /// Robots made for `?key=` (with `--allow-key-param`), by name.
+    adhoc: Mutex<Vec<Arc<Robot>>>,
 }
+
+/// At most this many different `?key=` robots: each is a thread and an outbox.
+const MAX_ADHOC_ROBOTS: usize = 32;
 
 impl Fleet {
     pub fn start(config: &Config, raw: RawArgs) -> Result<Fleet, String> {
@@ -42,6 +48,7 @@ impl Fleet {
             current: RwLock::new(Arc::new(robots)),
             retired: Mutex::new(Vec::new()),
             reloading: Mutex::new(()),
+            adhoc: Mutex::new(Vec::new()),
         })
     }
 
@@ -54,7 +61,33 @@ impl Fleet {
     pub fn all(&self) -> Vec<Arc<Robot>> {
         let mut all: Vec<Arc<Robot>> = self.robots().all().to_vec();
         all.extend(self.retired.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        all.extend(self.adhoc.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
         all
+    }
+
+    /// The robot for `?key=`: made on first use with `--rate` and markdown, named after a
+    /// hash of the webhook URL (`key-…`) so the key never appears in logs, metrics or the
+    /// spool's directory names.
+    pub fn adhoc(&self, key: &str) -> Result<Arc<Robot>, String> {
+        let url = WebhookUrl::parse(key).map_err(|e| format!("?key=: {e}"))?;
+        let name = format!("key-{:012x}", fnv1a64(url.expose().as_bytes()) >> 16);
+        let mut adhoc = self.adhoc.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(robot) = adhoc.iter().find(|r| r.name == name) {
+            return Ok(Arc::clone(robot));
+        }
+        if adhoc.len() >= MAX_ADHOC_ROBOTS {
+            return Err(format!("too many different ?key= robots (at most {MAX_ADHOC_ROBOTS})"));
+        }
+        let rc = RobotConfig {
+            name,
+            webhook: Some(url),
+            rate: self.base.rate,
+            msgtype: crate::wecom::MsgType::Markdown,
+            mention: Default::default(),
+        };
+        let robot = Arc::new(start_robot(&self.base, &rc)?);
+        adhoc.push(Arc::clone(&robot));
+        Ok(robot)
     }
 
     /// Re-reads `--config` and the key files. On error nothing changes.

@@ -8,6 +8,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use crate::alertmanager::{self, Alert, Payload, Status};
 use crate::config::TzOffset;
@@ -15,7 +16,7 @@ use crate::metrics;
 use crate::outbox::split::split;
 use crate::outbox::{EnqueueError, Enqueued, NewItem};
 use crate::render;
-use crate::routing::Robots;
+use crate::routing::{Robot, Robots};
 use crate::wecom::MsgType;
 
 /// Alertmanager's payload is 4 levels deep; 16 leaves room for hand-written senders while
@@ -29,8 +30,6 @@ pub enum Rejected {
     BadPayload(String),
     /// The outbox cannot take it now: Alertmanager should retry (503).
     Unavailable(EnqueueError),
-    /// `/alertinfo/{robot}` names no configured robot (404).
-    UnknownRobot(String),
 }
 
 impl fmt::Display for Rejected {
@@ -38,7 +37,6 @@ impl fmt::Display for Rejected {
         match self {
             Rejected::BadPayload(reason) => write!(f, "{reason}"),
             Rejected::Unavailable(e) => write!(f, "{e}"),
-            Rejected::UnknownRobot(name) => write!(f, "no robot named {name:?}"),
         }
     }
 }
@@ -72,22 +70,16 @@ pub fn prepare(body: &[u8], tz: TzOffset) -> Result<NewItem, Rejected> {
     Ok(build(&parse(body)?, tz, MsgType::Markdown))
 }
 
-/// Queues a body for the robot named in the path, or the one routing picks. Logs one line per
+/// Queues a body for the robot the request chose (path, `?key=`), or the one routing picks. Logs one line per
 /// notification received.
 pub fn accept(
     body: &[u8],
     tz: TzOffset,
     robots: &Robots,
-    path_robot: Option<&str>,
+    chosen: Option<&Arc<Robot>>,
 ) -> Result<Enqueued, Rejected> {
-    let named = match path_robot {
-        Some(name) => {
-            Some(robots.named(name).ok_or_else(|| Rejected::UnknownRobot(name.to_string()))?)
-        }
-        None => None,
-    };
     let payload = parse(body)?;
-    let robot = named.unwrap_or_else(|| robots.pick(&payload));
+    let robot = chosen.unwrap_or_else(|| robots.pick(&payload));
     let outbox = &robot.outbox;
     let firing = payload.alerts.iter().filter(|a| a.status == Status::Firing).count();
     let resolved = payload.alerts.len() - firing;

@@ -109,6 +109,7 @@ fn serve(config: &Config, raw: RawArgs, signals: &Signals) -> Result<(), Failure
     may::config().set_pool_capacity(COROUTINE_POOL).set_stack_size(COROUTINE_STACK_WORDS);
     let app = Arc::new(server::App {
         fleet,
+        allow_key_param: config.allow_key_param,
         tz: config.tz,
         max_body_bytes: config.max_body_bytes,
         auth,

@@ -38,6 +38,7 @@ const DISCARD_LIMIT_BYTES: u64 = 64 << 20;
 /// Everything request handling needs, shared by all connections.
 pub struct App {
     pub fleet: Fleet,
+    pub allow_key_param: bool,
     pub tz: TzOffset,
     pub max_body_bytes: u64,
     pub auth: Option<Auth>,
@@ -233,6 +234,11 @@ impl Conn {
             .and_then(|p| p.strip_prefix("/alertinfo/"))
             .map(|name| name.trim_end_matches('/').to_string())
             .filter(|name| !name.is_empty());
+        let key_param = req.path().split_once('?').and_then(|(_, query)| {
+            url::form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == "key")
+                .map(|(_, v)| v.into_owned())
+        });
         let method = Method::of(req.method());
         let wants_body = route == Route::Intake && method == Method::Post;
 
@@ -285,7 +291,7 @@ impl Conn {
             metrics::request_rejected("short_body");
             return self.close();
         }
-        write_reply(rsp, self.intake(&body, path_robot.as_deref()));
+        write_reply(rsp, self.intake(&body, path_robot.as_deref(), key_param.as_deref()));
     }
 
     fn authorized(&self, req: &Request) -> bool {
@@ -365,18 +371,38 @@ impl Conn {
         }
     }
 
-    fn intake(&self, body: &[u8], path_robot: Option<&str>) -> Reply {
+    fn intake(&self, body: &[u8], path_robot: Option<&str>, key_param: Option<&str>) -> Reply {
         if !self.app.accepting.load(Ordering::Relaxed) {
             return unavailable(&EnqueueError::ShuttingDown, "shutting_down");
         }
-        match intake::accept(body, self.app.tz, &self.app.fleet.robots(), path_robot) {
+        let robots = self.app.fleet.robots();
+        let chosen = match (path_robot, key_param) {
+            (Some(_), Some(_)) => {
+                let why = "name a robot in the path or give ?key=, not both";
+                return error(400, "Bad Request", "bad_robot", why);
+            }
+            (Some(name), None) => match robots.named(name) {
+                Some(robot) => Some(Arc::clone(robot)),
+                None => {
+                    let why = format!("no robot named {name:?}");
+                    return error(404, "Not Found", "unknown_robot", &why);
+                }
+            },
+            (None, Some(_)) if !self.app.allow_key_param => {
+                let why = "?key= is off; start the relay with --allow-key-param";
+                return error(400, "Bad Request", "key_param_off", why);
+            }
+            (None, Some(key)) => match self.app.fleet.adhoc(key) {
+                Ok(robot) => Some(robot),
+                Err(e) => return error(400, "Bad Request", "bad_key_param", &e),
+            },
+            (None, None) => None,
+        };
+        match intake::accept(body, self.app.tz, &robots, chosen.as_ref()) {
             Ok(Enqueued::Queued { id, .. }) => {
                 reply(200, "OK", json!({"status": "queued", "id": id}))
             }
             Ok(Enqueued::Duplicate) => reply(200, "OK", json!({"status": "duplicate"})),
-            Err(e @ Rejected::UnknownRobot(_)) => {
-                error(404, "Not Found", "unknown_robot", &e.to_string())
-            }
             Err(Rejected::BadPayload(reason)) => {
                 log::warn!("notification rejected reason={reason:?}");
                 error(400, "Bad Request", "bad_payload", &reason)

@@ -162,7 +162,7 @@ impl Spool {
 }
 
 /// FNV-1a, 64 bit: a few lines, no dependency, and enough to catch torn or rotted files.
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         hash ^= u64::from(b);

@@ -268,3 +268,46 @@ fn message_type_per_robot() {
     assert_eq!(code, Some(2));
     assert!(err.contains("msgtype must be markdown, markdown_v2 or text"), "{err}");
 }
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn key_param_is_off_by_default_and_works_when_allowed() {
+    let (a, b) = (FakeWeCom::start(), FakeWeCom::start());
+    let body = payload("k", &[A("kp1", "firing", "KeyParam")]);
+    let off = Relay::start(&["--dry-run"]);
+    let r = post(off.addr, &format!("/alertinfo?key={}", url_encode(&a.url())), &body);
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("--allow-key-param"), "{}", r.body);
+    drop(off);
+
+    let default = FakeWeCom::start();
+    let relay = Relay::start(&["--key", &default.url(), "--allow-key-param"]);
+    for fake in [&a, &b] {
+        let r = post(relay.addr, &format!("/alertinfo?key={}", url_encode(&fake.url())), &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    wait_until(Duration::from_secs(10), "each key's robot delivered", || {
+        a.delivered().len() == 1 && b.delivered().len() == 1
+    });
+    assert!(default.received().is_empty());
+    wait_until(Duration::from_secs(5), "both sends counted", || {
+        relay.metrics().matches("weixin_robot_messages_sent_total{robot=\"key-").count() == 2
+    });
+    let m = relay.metrics();
+    assert!(!m.contains(SECRET) && !relay.logs().contains(SECRET));
+    let r = post(relay.addr, &format!("/alertinfo/default?key={}", url_encode(&a.url())), &body);
+    assert_eq!(r.status, 400);
+    let r = post(relay.addr, "/alertinfo?key=ftp%3A%2F%2Fx", &body);
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("?key=:"), "{}", r.body);
+}
