@@ -605,6 +605,8 @@ pub struct RobotConfig {
     pub webhook: Option<WebhookUrl>,
     pub rate: Rate,
     pub msgtype: crate::wecom::MsgType,
+    /// Replaces the built-in layout; checked when the file loads.
+    pub template: Option<std::sync::Arc<crate::template::Template>>,
     /// Mentioned on every notification with a firing alert.
     pub mention: config_file::MentionEntry,
 }
@@ -795,6 +797,7 @@ fn robots(
             webhook: cli_webhook.cloned(),
             rate: cli_rate,
             msgtype: crate::wecom::MsgType::Markdown,
+            template: None,
             mention: config_file::MentionEntry::default(),
         });
     }
@@ -837,11 +840,18 @@ fn robots(
             }
             None => crate::wecom::MsgType::Markdown,
         };
+        let template = match &entry.template {
+            Some(p) => Some(std::sync::Arc::new(
+                crate::template::load(p).map_err(|e| bad(format!("{where_}: template {e}")))?,
+            )),
+            None => None,
+        };
         robots.push(RobotConfig {
             name: entry.name,
             webhook,
             rate,
             msgtype,
+            template,
             mention: entry.mention,
         });
     }

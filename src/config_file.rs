@@ -35,6 +35,7 @@ pub struct RobotEntry {
     pub key_file: Option<PathBuf>,
     pub rate: Option<String>,
     pub msgtype: Option<String>,
+    pub template: Option<PathBuf>,
     /// Mentioned on every notification with a firing alert.
     pub mention: MentionEntry,
 }
@@ -146,6 +147,9 @@ pub fn parse(text: &str) -> Result<FileConfig, String> {
             }
             (Table::Robot(i), "rate") => out.robots[i].rate = Some(string(value)?),
             (Table::Robot(i), "msgtype") => out.robots[i].msgtype = Some(string(value)?),
+            (Table::Robot(i), "template") => {
+                out.robots[i].template = Some(PathBuf::from(string(value)?))
+            }
             (Table::Robot(i), "mention_users") => out.robots[i].mention.users = list(value)?,
             (Table::Robot(i), "mention_mobiles") => out.robots[i].mention.mobiles = list(value)?,
             (Table::Robot(i), "mention_all") => out.robots[i].mention.all = boolean(value)?,

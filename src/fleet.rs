@@ -83,6 +83,7 @@ impl Fleet {
             webhook: Some(url),
             rate: self.base.rate,
             msgtype: crate::wecom::MsgType::Markdown,
+            template: None,
             mention: Default::default(),
         };
         let robot = Arc::new(start_robot(&self.base, &rc)?);
@@ -112,13 +113,14 @@ impl Fleet {
         for rc in &config.robots {
             if let Some(robot) = new.named(&rc.name) {
                 let live = (target(&self.base, rc)?, rc.rate, rc.msgtype);
-                updates.push((Arc::clone(robot), live, rc.mention.clone()));
+                updates.push((Arc::clone(robot), live, rc.mention.clone(), rc.template.clone()));
             }
         }
         // Nothing can fail from here on: apply.
-        for (robot, live, mention) in updates {
+        for (robot, live, mention, template) in updates {
             *robot.live.lock().unwrap_or_else(|p| p.into_inner()) = live;
             *robot.mention.lock().unwrap_or_else(|p| p.into_inner()) = mention;
+            *robot.template.lock().unwrap_or_else(|p| p.into_inner()) = template;
         }
         let removed: Vec<Arc<Robot>> =
             old.all().iter().filter(|r| new.named(&r.name).is_none()).cloned().collect();
@@ -186,7 +188,13 @@ fn start_robot(config: &Config, rc: &RobotConfig) -> Result<Robot, String> {
         rc.rate.messages,
         rc.rate.window
     );
-    Ok(Robot { name: rc.name.clone(), outbox, live, mention: Mutex::new(rc.mention.clone()) })
+    Ok(Robot {
+        name: rc.name.clone(),
+        outbox,
+        live,
+        mention: Mutex::new(rc.mention.clone()),
+        template: Mutex::new(rc.template.clone()),
+    })
 }
 
 /// The robot named `default` keeps its spool in `--state-dir` itself (where a single-robot

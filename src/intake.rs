@@ -17,6 +17,7 @@ use crate::outbox::split::split;
 use crate::outbox::{EnqueueError, Enqueued, NewItem};
 use crate::render;
 use crate::routing::{Robot, Robots};
+use crate::template::Template;
 use crate::wecom::MsgType;
 
 /// Alertmanager's payload is 4 levels deep; 16 leaves room for hand-written senders while
@@ -52,8 +53,17 @@ fn parse(body: &[u8]) -> Result<Payload, Rejected> {
 }
 
 /// Renders and splits a parsed notification into an outbox item.
-fn build(payload: &Payload, tz: TzOffset, msgtype: MsgType) -> NewItem {
-    let doc = render::adapt(render::render(payload, tz), msgtype);
+fn build(
+    payload: &Payload,
+    tz: TzOffset,
+    msgtype: MsgType,
+    template: Option<&Template>,
+) -> NewItem {
+    let doc = match template {
+        Some(t) => t.render(payload, tz),
+        None => render::render(payload, tz),
+    };
+    let doc = render::adapt(doc, msgtype);
     let parts = split(&doc, msgtype.limit());
     NewItem {
         group_key: payload.group_key.clone(),
@@ -67,7 +77,7 @@ fn build(payload: &Payload, tz: TzOffset, msgtype: MsgType) -> NewItem {
 /// Parses, renders and splits a body into messages ready for the outbox (the `render`
 /// command shows these).
 pub fn prepare(body: &[u8], tz: TzOffset) -> Result<NewItem, Rejected> {
-    Ok(build(&parse(body)?, tz, MsgType::Markdown))
+    Ok(build(&parse(body)?, tz, MsgType::Markdown, None))
 }
 
 /// Queues a body for the robot the request chose (path, `?key=`), or the one routing picks. Logs one line per
@@ -88,7 +98,8 @@ pub fn accept(
         Enqueued::Duplicate
     } else {
         let msgtype = robot.live.lock().map(|l| l.2).unwrap_or_default();
-        let mut item = build(&payload, tz, msgtype);
+        let template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
+        let mut item = build(&payload, tz, msgtype, template.as_deref());
         let mention = robots.mentions_for(robot, &payload);
         if mention.all || !mention.users.is_empty() || !mention.mobiles.is_empty() {
             item.parts.push(mention_piece(&payload, &mention));

@@ -17,6 +17,7 @@ mod outbox;
 mod render;
 mod routing;
 mod server;
+mod template;
 mod wecom;
 
 use std::process::ExitCode;

@@ -228,7 +228,7 @@ pub fn escape(s: &str) -> String {
 
 /// An http(s) URL made safe inside `[text](url)`: characters that would end the link or open
 /// markup are percent-encoded. Anything else (javascript:, garbage) is dropped.
-fn safe_url(url: &str) -> Option<String> {
+pub fn safe_url(url: &str) -> Option<String> {
     let url = url.trim();
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {

@@ -15,6 +15,8 @@ pub struct Robot {
     pub live: crate::outbox::sender::Live,
     /// Mentioned on every notification with a firing alert; a reload updates it in place.
     pub mention: Mutex<MentionEntry>,
+    /// The layout, when not the built-in one; a reload updates it in place.
+    pub template: Mutex<Option<Arc<crate::template::Template>>>,
 }
 
 pub struct Robots {

@@ -311,3 +311,37 @@ fn key_param_is_off_by_default_and_works_when_allowed() {
     assert_eq!(r.status, 400);
     assert!(r.body.contains("?key=:"), "{}", r.body);
 }
+
+#[test]
+fn templates_replace_the_layout_and_fail_at_load_time() {
+    let fake = FakeWeCom::start();
+    let dir = TempDir::new("template");
+    let tpl = dir.path().join("ops.tpl");
+    std::fs::write(&tpl, "[alert]\n**{{labels.alertname}}** on {{labels.instance}} since {{starts_at}}\n> {{annotations.description}}\n")
+        .expect("template");
+    let config = write_config(
+        &dir,
+        &format!("[robots.ops]\nkey = \"{}\"\ntemplate = \"{}\"\n", fake.url(), tpl.display()),
+    );
+    let relay = Relay::start(&["--config", &config]);
+    assert_eq!(relay.post(&payload("t", &[A("t1", "firing", "Templated")])).status, 200);
+    wait_until(Duration::from_secs(10), "templated message", || fake.delivered().len() == 1);
+    assert_eq!(
+        fake.delivered()[0].content(),
+        "## <font color=\"warning\">告警通知</font> 共 1 条\n\n\
+         **Templated** on t1.example:9100 since 2024-05-01 20:00:00\n> Templated fp=t1 description"
+    );
+
+    // A broken template: refused on reload (the old one stays), and at start-up with exit 2.
+    std::fs::write(&tpl, "[alert]\n{{labels.alertname}\n").expect("template");
+    let r = post(relay.addr, "/-/reload", b"");
+    assert_eq!(r.status, 500);
+    assert!(r.body.contains("line 2: {{ without }}"), "{}", r.body);
+    assert_eq!(relay.post(&payload("t2", &[A("t2", "firing", "Still")])).status, 200);
+    wait_until(Duration::from_secs(10), "old template still used", || {
+        fake.delivered().iter().any(|m| m.content().contains("**Still** on t2.example:9100"))
+    });
+    let (code, _, err) = run_to_exit(&["--config", &config], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("[robots.ops]: template") && err.contains("line 2"), "{err}");
+}
