@@ -684,13 +684,7 @@ impl Config {
             (Some(key), None) => Some(key.to_string()),
             (None, Some(path)) => {
                 let path = PathBuf::from(path);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|source| Error::KeyFile { path, source })?;
-                // The first line that is not blank or a `#` comment, so a packaged
-                // placeholder can explain itself.
-                let key =
-                    text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
-                Some(key.unwrap_or("").to_string())
+                Some(read_key_file(&path).map_err(|source| Error::KeyFile { path, source })?)
             }
             (None, None)
                 if raw.dry_run
@@ -783,6 +777,14 @@ impl Config {
     }
 }
 
+/// A key file's key: the first line that is not blank or a `#` comment (so a packaged
+/// placeholder can explain itself); empty when there is none, which the URL check reports.
+fn read_key_file(path: &Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    let key = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
+    Ok(key.unwrap_or("").to_string())
+}
+
 /// The robots: `default` from --key (if given), plus every `[robots.NAME]` of the file.
 fn robots(
     file: Option<&Path>,
@@ -816,14 +818,10 @@ fn robots(
                 return Err(bad(format!("{where_}: give key or key_file, not both")))
             }
             (Some(k), None) => Some(k.clone()),
-            (None, Some(p)) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| bad(format!("{where_}: reading {}: {e}", p.display())))?;
-                text.lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_string)
-            }
+            (None, Some(p)) => Some(
+                read_key_file(p)
+                    .map_err(|e| bad(format!("{where_}: reading {}: {e}", p.display())))?,
+            ),
             (None, None) if dry_run => None,
             (None, None) => return Err(bad(format!("{where_}: needs key or key_file"))),
         };
