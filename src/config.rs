@@ -902,7 +902,7 @@ mod tests {
     }
 
     #[test]
-    fn old_tool_command_line_works() {
+    fn old_tool_command_line_works() -> Result<(), Error> {
         let c = config(
             &[
                 "--port",
@@ -911,33 +911,34 @@ mod tests {
                 "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=SECRET1",
             ],
             &[],
-        )
-        .expect("valid");
+        )?;
         assert_eq!(c.listen.port(), 6001);
         assert_eq!(
             c.webhook.as_ref().map(WebhookUrl::expose).unwrap_or_default(),
             "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=SECRET1"
         );
         assert_eq!(c.tz.seconds, 8 * 3600);
+        Ok(())
     }
 
     #[test]
-    fn env_port_and_bare_key() {
-        let c = config(&[], &[("PORT", "7000"), ("KEY", "abc-123")]).expect("valid");
+    fn env_port_and_bare_key() -> Result<(), Error> {
+        let c = config(&[], &[("PORT", "7000"), ("KEY", "abc-123")])?;
         assert_eq!(c.listen.port(), 7000);
         assert_eq!(
             c.webhook.as_ref().map(WebhookUrl::expose).unwrap_or_default(),
             format!("{WECOM_SEND_URL}?key=abc-123")
         );
         assert_eq!(c.webhook.map(|w| w.to_string()), Some(format!("{WECOM_SEND_URL}?key=***")));
+        Ok(())
     }
 
     #[test]
-    fn flag_beats_env() {
-        let c =
-            config(&["-p", "1234", "-k", "K1"], &[("PORT", "7000"), ("KEY", "K2")]).expect("ok");
+    fn flag_beats_env() -> Result<(), Error> {
+        let c = config(&["-p", "1234", "-k", "K1"], &[("PORT", "7000"), ("KEY", "K2")])?;
         assert_eq!(c.listen.port(), 1234);
         assert!(c.webhook.as_ref().map(WebhookUrl::expose).unwrap_or_default().ends_with("key=K1"));
+        Ok(())
     }
 
     #[test]
@@ -958,17 +959,18 @@ mod tests {
     }
 
     #[test]
-    fn command_line_key_file_beats_key_from_the_environment() {
+    fn command_line_key_file_beats_key_from_the_environment() -> Result<(), Error> {
         let dir = std::env::temp_dir().join(format!("wxr-keyfile-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join("key");
         let _ = std::fs::write(&path, "FROMFILE\n");
         let p = path.to_str().unwrap_or_default();
-        let c = config(&["--key-file", p], &[("KEY", "FROMENV")]).expect("cli wins");
+        let c = config(&["--key-file", p], &[("KEY", "FROMENV")])?;
         assert!(c.webhook.map(|w| w.expose().ends_with("key=FROMFILE")).unwrap_or(false));
         let err = config(&["--key-file", p, "--key", "X"], &[]).expect_err("both on the cli");
         assert!(err.to_string().contains("not both"));
         let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 
     #[test]
@@ -978,17 +980,19 @@ mod tests {
     }
 
     #[test]
-    fn dry_run_needs_no_key() {
-        let c = config(&[], &[("WEIXIN_ROBOT_DRY_RUN", "1")]).expect("dry run");
+    fn dry_run_needs_no_key() -> Result<(), Error> {
+        let c = config(&[], &[("WEIXIN_ROBOT_DRY_RUN", "1")])?;
         assert!(c.dry_run && c.webhook.is_none());
-        let c = config(&["--dry-run", "-k", "k"], &[]).expect("dry run with key");
+        let c = config(&["--dry-run", "-k", "k"], &[])?;
         assert!(c.dry_run && c.webhook.is_some());
+        Ok(())
     }
 
     #[test]
-    fn listen_accepts_ipv6() {
-        let c = config(&["-k", "k", "--listen", "::1"], &[]).expect("ok");
+    fn listen_accepts_ipv6() -> Result<(), Error> {
+        let c = config(&["-k", "k", "--listen", "::1"], &[])?;
         assert!(c.listen.is_ipv6());
+        Ok(())
     }
 
     #[test]
