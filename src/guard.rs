@@ -18,7 +18,9 @@
 //!   bytes it received on the socket (`TCP_INFO.tcpi_bytes_received`); outside a request, more
 //!   than `max_header_bytes` since the previous answer means a head that never ends: `431`
 //!   and close.
-//! - Count: past `max_connections`, a new connection gets `503` and is closed at once.
+//! - Count: past `max_connections`, a new connection gets `503` and a half-close, and lingers
+//!   (uncounted) until its client has read the answer; past twice the limit, it is shut at
+//!   once.
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
@@ -77,34 +79,55 @@ struct Entry {
     seen_answered: u64,
     /// Set when the reaper closed the connection: the service then knows not to answer again.
     killed: bool,
+    /// False for a connection refused over the limit, kept only until its client has read the
+    /// 503 (closing at once would reset the connection and lose the answer).
+    counted: bool,
+}
+
+#[derive(Default)]
+struct Registry {
+    conns: HashMap<RawFd, Entry>,
+    /// Entries with `counted`: the connections the limit is about.
+    active: usize,
 }
 
 pub struct Guard {
     limits: Limits,
     epoch: Instant,
-    conns: Mutex<HashMap<RawFd, Entry>>,
+    registry: Mutex<Registry>,
 }
+
+/// How long a refused connection may linger for its client to read the 503.
+const REFUSED_LINGER: Duration = Duration::from_secs(2);
 
 impl Guard {
     pub fn new(limits: Limits) -> Guard {
-        Guard { limits, epoch: Instant::now(), conns: Mutex::new(HashMap::new()) }
+        Guard { limits, epoch: Instant::now(), registry: Mutex::new(Registry::default()) }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<RawFd, Entry>> {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a new connection; `None` (after answering 503 and closing it) when over the
-    /// limit.
-    pub fn open(&self, fd: RawFd) -> Option<Arc<ConnState>> {
-        let mut conns = self.lock();
-        if conns.len() >= self.limits.max_connections {
-            drop(conns);
+    /// Registers a new connection. Over the limit it answers 503 and half-closes the socket,
+    /// keeping it registered (uncounted) for [`REFUSED_LINGER`] so the client reads the answer
+    /// instead of a reset; `Admission::Refused` then tells the service to answer nothing. Past
+    /// twice the limit (a flood), connections are shut at once.
+    pub fn open(&self, fd: RawFd) -> Admission {
+        let mut reg = self.lock();
+        let over = reg.active >= self.limits.max_connections;
+        if over && reg.conns.len() >= 2 * self.limits.max_connections {
+            drop(reg);
             metrics::request_rejected("too_many_connections");
             answer_and_shut(fd, 503, "Service Unavailable", "too many connections");
-            return None;
+            return Admission::Dropped;
         }
-        let timeout_ms = u64::try_from(self.limits.request_timeout.as_millis()).unwrap_or(u64::MAX);
+        let timeout = if over {
+            REFUSED_LINGER.min(self.limits.request_timeout)
+        } else {
+            self.limits.request_timeout
+        };
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         let state = Arc::new(ConnState {
             epoch: self.epoch,
             timeout_ms,
@@ -113,32 +136,58 @@ impl Guard {
             answered: AtomicU64::new(0),
         });
         state.deadline_ms.store(state.now_ms() + timeout_ms, Ordering::Relaxed);
-        conns.insert(
-            fd,
-            Entry { state: Arc::clone(&state), baseline_bytes: 0, seen_answered: 0, killed: false },
-        );
-        Some(state)
+        let entry = Entry {
+            state: Arc::clone(&state),
+            baseline_bytes: 0,
+            seen_answered: 0,
+            killed: false,
+            counted: !over,
+        };
+        reg.conns.insert(fd, entry);
+        if over {
+            drop(reg);
+            metrics::request_rejected("too_many_connections");
+            answer(fd, 503, "Service Unavailable", "too many connections", libc::SHUT_WR);
+            return Admission::Refused(state);
+        }
+        reg.active += 1;
+        Admission::Admitted(state)
     }
 
     /// Deregisters a connection. True when the reaper had closed it.
     pub fn close(&self, fd: RawFd) -> bool {
-        self.lock().remove(&fd).is_some_and(|e| e.killed)
+        let mut reg = self.lock();
+        match reg.conns.remove(&fd) {
+            Some(e) => {
+                if e.counted {
+                    reg.active -= 1;
+                }
+                e.killed
+            }
+            None => false,
+        }
     }
 
+    /// Connections counted against the limit.
     pub fn connections(&self) -> usize {
-        self.lock().len()
+        self.lock().active
     }
 
     /// One pass of the reaper.
     pub fn reap(&self) {
-        let mut conns = self.lock();
-        for (&fd, e) in conns.iter_mut() {
+        let mut reg = self.lock();
+        for (&fd, e) in reg.conns.iter_mut() {
             if e.killed {
                 continue;
             }
             let st = &e.state;
             if st.now_ms() >= st.deadline_ms.load(Ordering::Relaxed) {
                 e.killed = true;
+                if !e.counted {
+                    // A refused connection whose client never closed: it has its 503.
+                    write_and_shut(fd, b"");
+                    continue;
+                }
                 metrics::request_rejected("timeout");
                 answer_and_shut(fd, 408, "Request Timeout", "request not received in time");
                 continue;
@@ -195,20 +244,39 @@ fn bytes_received(fd: RawFd) -> Option<u64> {
     }
 }
 
+/// What [`Guard::open`] decided for a new connection.
+pub enum Admission {
+    Admitted(Arc<ConnState>),
+    /// Answered 503 and half-closed; tracked until it goes.
+    Refused(Arc<ConnState>),
+    /// Answered 503 and closed at once (a flood); not tracked.
+    Dropped,
+}
+
 /// Writes a complete one-line JSON answer to the socket without blocking, then shuts it both
 /// ways. Used where may_minihttp cannot be asked to answer: the connection's coroutine is
 /// parked in a read, or never reached our service.
 pub fn answer_and_shut(fd: RawFd, code: u16, reason: &str, message: &str) {
+    answer(fd, code, reason, message, libc::SHUT_RDWR);
+}
+
+/// [`answer_and_shut`] with a choice of shutdown: `SHUT_WR` sends the answer and a FIN but
+/// keeps reading, so the client's request is consumed and closing later sends no reset.
+fn answer(fd: RawFd, code: u16, reason: &str, message: &str, how: libc::c_int) {
     let body = format!("{{\"error\":\"{message}\"}}\n");
     let raw = format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    write_and_shut(fd, raw.as_bytes());
+    write_then_shutdown(fd, raw.as_bytes(), how);
 }
 
 /// See [`answer_and_shut`]; `raw` is a whole HTTP response.
 pub fn write_and_shut(fd: RawFd, raw: &[u8]) {
+    write_then_shutdown(fd, raw, libc::SHUT_RDWR);
+}
+
+fn write_then_shutdown(fd: RawFd, raw: &[u8], how: libc::c_int) {
     if fd < 0 {
         return;
     }
@@ -216,8 +284,10 @@ pub fn write_and_shut(fd: RawFd, raw: &[u8]) {
     // which cannot happen concurrently (see the module doc). A short write only loses the
     // answer to a client that is misbehaving anyway; shutdown never invalidates the fd.
     unsafe {
-        libc::send(fd, raw.as_ptr().cast(), raw.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
-        libc::shutdown(fd, libc::SHUT_RDWR);
+        if !raw.is_empty() {
+            libc::send(fd, raw.as_ptr().cast(), raw.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
+        }
+        libc::shutdown(fd, how);
     }
 }
 

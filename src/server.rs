@@ -26,7 +26,7 @@ use serde_json::json;
 use crate::auth::Auth;
 use crate::config::TzOffset;
 use crate::fleet::Fleet;
-use crate::guard::{self, ConnState, Guard};
+use crate::guard::{self, Admission, ConnState, Guard};
 use crate::intake::{self, Rejected};
 use crate::metrics;
 use crate::outbox::{EnqueueError, Enqueued};
@@ -58,8 +58,11 @@ impl HttpServiceFactory for Factory {
     /// answer and close directly.
     fn new_service(&self, id: usize) -> Conn {
         let fd = RawFd::try_from(id).unwrap_or(-1);
-        let state = self.app.guard.open(fd);
-        let closed = state.is_none();
+        let (state, closed) = match self.app.guard.open(fd) {
+            Admission::Admitted(state) => (Some(state), false),
+            Admission::Refused(state) => (Some(state), true),
+            Admission::Dropped => (None, true),
+        };
         Conn { app: Arc::clone(&self.app), fd, state, closed }
     }
 }

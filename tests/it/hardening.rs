@@ -128,8 +128,19 @@ fn connection_limit_answers_503() {
     let fake = FakeWeCom::start();
     let relay =
         Relay::start(&["--key", &fake.url(), "--max-connections", "4", "--request-timeout", "20s"]);
-    let held: Vec<TcpStream> =
-        (0..4).map(|_| TcpStream::connect(relay.addr).expect("connect")).collect();
+    // Hold four connections, each proven admitted by a keep-alive request answered 200 (the
+    // start-up probe's connection may still count for a moment, refusing one of them).
+    let mut held: Vec<TcpStream> = Vec::new();
+    wait_until(Duration::from_secs(10), "four admitted", || {
+        let Ok(mut s) = TcpStream::connect(relay.addr) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let ok = s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").is_ok()
+            && read_response(&mut s).is_ok_and(|r| r.status == 200);
+        if ok {
+            held.push(s);
+        }
+        held.len() == 4
+    });
     wait_until(Duration::from_secs(5), "four held", || {
         // Probe with a request that also needs a connection: refused while four are held.
         raw_request(relay.addr, b"GET /healthz HTTP/1.1\r\n\r\n").is_ok_and(|r| r.status == 503)
