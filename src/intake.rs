@@ -58,6 +58,7 @@ fn build(
     tz: TzOffset,
     msgtype: MsgType,
     template: Option<&Template>,
+    dedup_key: Option<u64>,
 ) -> NewItem {
     let doc = match template {
         Some(t) => t.render(payload, tz),
@@ -68,7 +69,7 @@ fn build(
     NewItem {
         group_key: payload.group_key.clone(),
         identities: payload.alerts.iter().map(identity).collect(),
-        dedup_key: dedup_key(payload),
+        dedup_key,
         alerts: payload.alerts.len(),
         parts,
     }
@@ -77,7 +78,9 @@ fn build(
 /// Parses, renders and splits a body into messages ready for the outbox (the `render`
 /// command shows these).
 pub fn prepare(body: &[u8], tz: TzOffset) -> Result<NewItem, Rejected> {
-    Ok(build(&parse(body)?, tz, MsgType::Markdown, None))
+    let payload = parse(body)?;
+    let key = dedup_key(&payload);
+    Ok(build(&payload, tz, MsgType::Markdown, None, key))
 }
 
 /// Queues a body for the robot the request chose (path, `?key=`), or the one routing picks. Logs one line per
@@ -93,13 +96,14 @@ pub fn accept(
     let outbox = &robot.outbox;
     let firing = payload.alerts.iter().filter(|a| a.status == Status::Firing).count();
     let resolved = payload.alerts.len() - firing;
-    let duplicate = dedup_key(&payload).is_some_and(|key| outbox.seen(key));
+    let key = dedup_key(&payload);
+    let duplicate = key.is_some_and(|key| outbox.seen(key));
     let result = if duplicate {
         Enqueued::Duplicate
     } else {
         let msgtype = robot.live.lock().map(|l| l.2).unwrap_or_default();
         let template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
-        let mut item = build(&payload, tz, msgtype, template.as_deref());
+        let mut item = build(&payload, tz, msgtype, template.as_deref(), key);
         let mention = robots.mentions_for(robot, &payload);
         if mention.all || !mention.users.is_empty() || !mention.mobiles.is_empty() {
             item.parts.push(mention_piece(&payload, &mention));

@@ -136,8 +136,9 @@ enum Route {
 }
 
 impl Route {
-    fn of(target: &str) -> Route {
-        match target.split('?').next().unwrap_or("") {
+    /// `path` is the request target without its query.
+    fn of(path: &str) -> Route {
+        match path {
             "/alertinfo" => Route::Intake,
             p if p.starts_with("/alertinfo/") => Route::Intake,
             "/healthz" | "/-/healthy" => Route::Healthy,
@@ -228,20 +229,17 @@ impl HttpService for Conn {
 
 impl Conn {
     fn handle(&mut self, req: Request, rsp: &mut Response) {
-        let route = Route::of(req.path());
-        // `/alertinfo/{robot}`: copied out before the request is consumed by reading its body.
-        let path_robot = req
-            .path()
-            .split('?')
-            .next()
-            .and_then(|p| p.strip_prefix("/alertinfo/"))
+        let target = req.path();
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let route = Route::of(path);
+        // `/alertinfo/{robot}` and `?key=`: copied out before reading the body consumes `req`.
+        let path_robot = path
+            .strip_prefix("/alertinfo/")
             .map(|name| name.trim_end_matches('/').to_string())
             .filter(|name| !name.is_empty());
-        let key_param = req.path().split_once('?').and_then(|(_, query)| {
-            url::form_urlencoded::parse(query.as_bytes())
-                .find(|(k, _)| k == "key")
-                .map(|(_, v)| v.into_owned())
-        });
+        let key_param = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "key")
+            .map(|(_, v)| v.into_owned());
         let method = Method::of(req.method());
         let wants_body = route == Route::Intake && method == Method::Post;
 
