@@ -263,12 +263,23 @@ pub fn answer_and_shut(fd: RawFd, code: u16, reason: &str, message: &str) {
 /// [`answer_and_shut`] with a choice of shutdown: `SHUT_WR` sends the answer and a FIN but
 /// keeps reading, so the client's request is consumed and closing later sends no reset.
 fn answer(fd: RawFd, code: u16, reason: &str, message: &str, how: libc::c_int) {
-    let body = format!("{{\"error\":\"{message}\"}}\n");
-    let raw = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    write_then_shutdown(fd, raw.as_bytes(), how);
+    let body = serde_json::json!({ "error": message }).to_string();
+    write_then_shutdown(fd, raw_response(code, reason, &[], &body).as_bytes(), how);
+}
+
+/// A whole `Connection: close` HTTP response carrying one line of JSON, for writing straight
+/// to a socket.
+pub fn raw_response(code: u16, reason: &str, headers: &[&str], json_line: &str) -> String {
+    let mut raw = format!("HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\n");
+    for h in headers {
+        raw.push_str(h);
+        raw.push_str("\r\n");
+    }
+    raw.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{json_line}\n",
+        json_line.len() + 1
+    ));
+    raw
 }
 
 /// See [`answer_and_shut`]; `raw` is a whole HTTP response.

@@ -100,7 +100,7 @@ impl Drop for Conn {
                 self.fd,
                 400,
                 "Bad Request",
-                "malformed request head (at most 16 headers, each \\\"Name: value\\\")",
+                "malformed request head (at most 16 headers, each \"Name: value\")",
             );
         }
     }
@@ -428,17 +428,8 @@ impl Conn {
     /// bytes we cannot or will not read. may_minihttp then finds the socket closed and drops
     /// the connection; whatever it still holds is never parsed (`closed`).
     fn answer_and_close(&mut self, r: Reply) {
-        let mut raw =
-            format!("HTTP/1.1 {} {}\r\nContent-Type: application/json\r\n", r.code, r.reason);
-        for h in r.headers {
-            raw.push_str(h);
-            raw.push_str("\r\n");
-        }
-        raw.push_str(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n{}\n",
-            r.body.len() + 1,
-            r.body
-        ));
+        let code = u16::try_from(r.code).unwrap_or(500);
+        let raw = guard::raw_response(code, r.reason, r.headers, &r.body);
         self.closed = true;
         guard::write_and_shut(self.fd, raw.as_bytes());
     }
