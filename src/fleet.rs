@@ -30,16 +30,19 @@ pub struct Fleet {
     reloading: Mutex<()>,
     /// Robots made for `?key=` (with `--allow-key-param`), by name.
     adhoc: Mutex<Vec<Arc<Robot>>>,
+    /// Built once at start-up (it holds `--ca-file`'s certificates); every robot sends with a
+    /// copy.
+    client: wecom::Client,
 }
 
 /// At most this many different `?key=` robots: each is a thread and an outbox.
 const MAX_ADHOC_ROBOTS: usize = 32;
 
 impl Fleet {
-    pub fn start(config: &Config, raw: RawArgs) -> Result<Fleet, String> {
+    pub fn start(config: &Config, raw: RawArgs, client: wecom::Client) -> Result<Fleet, String> {
         let mut robots = Vec::new();
         for rc in &config.robots {
-            robots.push(Arc::new(start_robot(config, rc)?));
+            robots.push(Arc::new(start_robot(config, &client, rc)?));
         }
         let robots = routing(config, robots)?;
         Ok(Fleet {
@@ -49,6 +52,7 @@ impl Fleet {
             retired: Mutex::new(Vec::new()),
             reloading: Mutex::new(()),
             adhoc: Mutex::new(Vec::new()),
+            client,
         })
     }
 
@@ -86,7 +90,7 @@ impl Fleet {
             template: None,
             mention: Default::default(),
         };
-        let robot = Arc::new(start_robot(&self.base, &rc)?);
+        let robot = Arc::new(start_robot(&self.base, &self.client, &rc)?);
         adhoc.push(Arc::clone(&robot));
         Ok(robot)
     }
@@ -102,25 +106,21 @@ impl Fleet {
             match old.named(&rc.name) {
                 Some(existing) => robots.push(Arc::clone(existing)),
                 None => {
-                    let robot = Arc::new(start_robot(&self.base, rc)?);
+                    let robot = Arc::new(start_robot(&self.base, &self.client, rc)?);
                     started.push(Arc::clone(&robot));
                     robots.push(robot);
                 }
             }
         }
         let new = routing(&config, robots)?;
-        let mut updates = Vec::new();
+        // Nothing can fail from here on: apply.
         for rc in &config.robots {
             if let Some(robot) = new.named(&rc.name) {
-                let live = (target(&self.base, rc)?, rc.rate, rc.msgtype);
-                updates.push((Arc::clone(robot), live, rc.mention.clone(), rc.template.clone()));
+                let live = (target(&self.base, &self.client, rc), rc.rate, rc.msgtype);
+                *robot.live.lock().unwrap_or_else(|p| p.into_inner()) = live;
+                *robot.mention.lock().unwrap_or_else(|p| p.into_inner()) = rc.mention.clone();
+                *robot.template.lock().unwrap_or_else(|p| p.into_inner()) = rc.template.clone();
             }
-        }
-        // Nothing can fail from here on: apply.
-        for (robot, live, mention, template) in updates {
-            *robot.live.lock().unwrap_or_else(|p| p.into_inner()) = live;
-            *robot.mention.lock().unwrap_or_else(|p| p.into_inner()) = mention;
-            *robot.template.lock().unwrap_or_else(|p| p.into_inner()) = template;
         }
         let removed: Vec<Arc<Robot>> =
             old.all().iter().filter(|r| new.named(&r.name).is_none()).cloned().collect();
@@ -151,8 +151,8 @@ fn routing(config: &Config, robots: Vec<Arc<Robot>>) -> Result<Robots, String> {
     .ok_or_else(|| format!("no robot named {:?}", config.default_robot))
 }
 
-fn target(config: &Config, rc: &RobotConfig) -> Result<Target, String> {
-    Ok(match (&rc.webhook, config.dry_run) {
+fn target(config: &Config, client: &wecom::Client, rc: &RobotConfig) -> Target {
+    match (&rc.webhook, config.dry_run) {
         (Some(url), false) => {
             if !url.is_https() {
                 log::warn!(
@@ -160,15 +160,15 @@ fn target(config: &Config, rc: &RobotConfig) -> Result<Target, String> {
                     rc.name
                 );
             }
-            let client = wecom::Client::new(config.send_timeout, config.ca_file.as_deref())?;
-            Target::WeCom { client, url: url.clone() }
+            Target::WeCom { client: client.clone(), url: url.clone() }
         }
         _ => Target::Stdout,
-    })
+    }
 }
 
-fn start_robot(config: &Config, rc: &RobotConfig) -> Result<Robot, String> {
-    let live: sender::Live = Arc::new(Mutex::new((target(config, rc)?, rc.rate, rc.msgtype)));
+fn start_robot(config: &Config, client: &wecom::Client, rc: &RobotConfig) -> Result<Robot, String> {
+    let live = (target(config, client, rc), rc.rate, rc.msgtype);
+    let live: sender::Live = Arc::new(Mutex::new(live));
     let outbox = Arc::new(open_outbox(config, &rc.name)?);
     sender::spawn(
         Arc::clone(&outbox),

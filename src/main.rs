@@ -92,8 +92,9 @@ fn serve(config: &Config, raw: RawArgs, signals: &Signals) -> Result<(), Failure
         log::warn!("dry run: messages are printed to stdout, nothing is sent to WeCom");
     }
     // A bad --ca-file is a configuration error (exit 2), found before anything starts.
-    wecom::Client::new(config.send_timeout, config.ca_file.as_deref()).map_err(Failure::Usage)?;
-    let fleet = fleet::Fleet::start(config, raw).map_err(Failure::Runtime)?;
+    let client = wecom::Client::new(config.send_timeout, config.ca_file.as_deref())
+        .map_err(Failure::Usage)?;
+    let fleet = fleet::Fleet::start(config, raw, client).map_err(Failure::Runtime)?;
 
     let auth =
         auth::Auth::load(config.auth_token_file.as_deref(), config.basic_auth_file.as_deref())

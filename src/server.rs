@@ -71,7 +71,8 @@ impl HttpServiceFactory for Factory {
 pub struct Conn {
     app: Arc<App>,
     fd: RawFd,
-    /// `None` when the guard refused the connection (over the limit).
+    /// `None` only when the guard shut the connection at once (a flood past twice the limit);
+    /// a connection refused with a lingering 503 keeps its state (and `closed` is set).
     state: Option<Arc<ConnState>>,
     /// Set once we shut the socket: bytes may_minihttp still holds must not become requests.
     closed: bool,
