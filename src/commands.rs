@@ -6,10 +6,9 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::alertmanager::Timestamp;
 use crate::config::Config;
 use crate::intake;
-use crate::render::format_time;
+use crate::time::{format_time, Timestamp};
 use crate::wecom::{self, SendError};
 
 /// Prints each message a payload becomes, exactly as it would be sent as `markdown.content`,

@@ -12,12 +12,14 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::config::{Config, RawArgs, RobotConfig, WebhookUrl};
+use crate::cli::RawArgs;
+use crate::config::Config;
 use crate::outbox::sender::{self, Target};
 use crate::outbox::spool::fnv1a64;
 use crate::outbox::{spool::Spool, Limits, Outbox};
+use crate::robots::RobotConfig;
 use crate::routing::{Robot, Robots};
-use crate::wecom;
+use crate::wecom::{self, WebhookUrl};
 
 pub struct Fleet {
     raw: RawArgs,

@@ -11,13 +11,13 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use crate::alertmanager::{self, Alert, Payload, Status};
-use crate::config::TzOffset;
 use crate::metrics;
 use crate::outbox::split::split;
 use crate::outbox::{EnqueueError, Enqueued, NewItem};
 use crate::render;
 use crate::routing::{Robot, Robots};
 use crate::template::Template;
+use crate::time::TzOffset;
 use crate::wecom::MsgType;
 
 /// Alertmanager's payload is 4 levels deep; 16 leaves room for hand-written senders while

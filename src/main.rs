@@ -5,6 +5,7 @@
 mod alertmanager;
 mod auth;
 mod build;
+mod cli;
 mod commands;
 mod config;
 mod config_file;
@@ -15,9 +16,12 @@ mod logger;
 mod metrics;
 mod outbox;
 mod render;
+mod robots;
 mod routing;
 mod server;
 mod template;
+mod time;
+mod values;
 mod wecom;
 
 use std::process::ExitCode;
@@ -27,7 +31,8 @@ use std::time::Instant;
 
 use may_minihttp::HttpServiceFactory;
 
-use crate::config::{Config, RawArgs};
+use crate::cli::RawArgs;
+use crate::config::Config;
 
 /// Coroutine stack in machine words (128 KiB on 64-bit). JSON depth is capped at
 /// `intake::MAX_JSON_DEPTH` (16) before serde_json recurses; measured in a debug build (the
@@ -65,10 +70,10 @@ fn run() -> Result<(), Failure> {
     let signals = Signals::block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
 
     let raw =
-        config::parse_args(std::env::args_os().skip(1).collect(), &|name| std::env::var(name).ok())
+        cli::parse_args(std::env::args_os().skip(1).collect(), &|name| std::env::var(name).ok())
             .map_err(|e| Failure::Usage(e.to_string()))?;
     if raw.help {
-        print!("{}", config::help_text());
+        print!("{}", cli::help_text());
         return Ok(());
     }
     if raw.version {
@@ -78,12 +83,12 @@ fn run() -> Result<(), Failure> {
     let config = Config::from_raw(&raw).map_err(|e| Failure::Usage(e.to_string()))?;
     logger::init();
     match &raw.command {
-        config::Command::Serve => serve(&config, raw, &signals),
-        config::Command::Render(path) => {
+        cli::Command::Serve => serve(&config, raw, &signals),
+        cli::Command::Render(path) => {
             commands::render(&config, path.as_deref()).map_err(Failure::Runtime)
         }
-        config::Command::SendTest => commands::send_test(&config).map_err(Failure::Runtime),
-        config::Command::Healthcheck => commands::healthcheck(&config).map_err(Failure::Runtime),
+        cli::Command::SendTest => commands::send_test(&config).map_err(Failure::Runtime),
+        cli::Command::Healthcheck => commands::healthcheck(&config).map_err(Failure::Runtime),
     }
 }
 

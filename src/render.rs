@@ -13,8 +13,8 @@
 
 use std::fmt::Write;
 
-use crate::alertmanager::{civil_from_days, Alert, Payload, Status, Timestamp};
-use crate::config::TzOffset;
+use crate::alertmanager::{Alert, Payload, Status};
+use crate::time::{format_time, TzOffset};
 use crate::wecom::MsgType;
 
 /// A rendered notification, before splitting into messages.
@@ -254,19 +254,12 @@ pub fn safe_url(url: &str) -> Option<String> {
     Some(out)
 }
 
-/// `YYYY-MM-DD HH:MM:SS` in the display offset.
-pub fn format_time(t: Timestamp, tz: TzOffset) -> String {
-    let local = t.unix_seconds + i64::from(tz.seconds);
-    let (days, secs) = (local.div_euclid(86_400), local.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alertmanager::{parse, parse_rfc3339};
+    use crate::alertmanager::parse;
     use crate::outbox::split::split;
+    use crate::time::parse_rfc3339;
     use crate::wecom::MARKDOWN_MAX_BYTES;
     use std::path::Path;
 

@@ -24,12 +24,12 @@ use may_minihttp::{HttpService, HttpServiceFactory, Request, Response};
 use serde_json::json;
 
 use crate::auth::Auth;
-use crate::config::TzOffset;
 use crate::fleet::Fleet;
 use crate::guard::{self, Admission, ConnState, Guard};
 use crate::intake::{self, Rejected};
 use crate::metrics;
 use crate::outbox::{EnqueueError, Enqueued};
+use crate::time::TzOffset;
 
 /// Bodies above `--max-body` but at most this big are read and thrown away so the client gets
 /// a clean 413 on a healthy connection; anything larger gets its answer and a closed socket.

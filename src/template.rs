@@ -27,8 +27,8 @@
 //! like the built-in ones.
 
 use crate::alertmanager::{Alert, Payload, Status};
-use crate::config::TzOffset;
-use crate::render::{escape, format_time, safe_url, Document, Section};
+use crate::render::{escape, safe_url, Document, Section};
+use crate::time::{format_time, TzOffset};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Var {

@@ -21,8 +21,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::{json, Value};
 
-use crate::config::WebhookUrl;
-
 /// We never need more of an answer than this; a hostile or broken server cannot make us buffer more.
 const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 
@@ -297,6 +295,79 @@ fn transport_error(e: attohttpc::Error) -> SendError {
         }
     }
     SendError::Transport(e.to_string())
+}
+
+/// WeCom's robot endpoint; a bare key is appended to it.
+/// <https://developer.work.weixin.qq.com/document/path/91770>
+pub const WECOM_SEND_URL: &str = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send";
+
+/// The webhook URL with the key inside. Only [`WebhookUrl::expose`] hands out the real URL,
+/// and only the WeCom client calls it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    full: String,
+    redacted: String,
+}
+
+impl WebhookUrl {
+    /// Accepts a full `http(s)://host/path?key=…` URL or a bare key. Errors never echo the input.
+    pub fn parse(input: &str) -> Result<WebhookUrl, String> {
+        let input = input.trim();
+        if input.is_empty() {
+            return Err("empty: give the webhook URL or key".into());
+        }
+        if !input.contains("://") {
+            if !input.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err("a bare key may only hold letters, digits, '-' and '_'".into());
+            }
+            return WebhookUrl::parse(&format!("{WECOM_SEND_URL}?key={input}"));
+        }
+        let url = url::Url::parse(input).map_err(|e| format!("not a URL: {e}"))?;
+        if url.scheme() != "https" && url.scheme() != "http" {
+            return Err("the URL must start with https:// (or http://)".into());
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("the URL has no host".into());
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("the URL must not carry user:password@".into());
+        }
+        let has_key = url.query_pairs().any(|(k, v)| k == "key" && !v.is_empty());
+        if !has_key {
+            return Err("the URL has no key=… query parameter".into());
+        }
+        let mut redacted = url.clone();
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "key" { "***".to_string() } else { v.into_owned() };
+                (k.into_owned(), v)
+            })
+            .collect();
+        redacted.query_pairs_mut().clear().extend_pairs(pairs);
+        Ok(WebhookUrl { full: url.to_string(), redacted: redacted.to_string().replace("%2A", "*") })
+    }
+
+    /// The real URL including the key. Call sites: the WeCom client only.
+    pub fn expose(&self) -> &str {
+        &self.full
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.full.starts_with("https://")
+    }
+}
+
+impl fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "WebhookUrl({})", self.redacted)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::config::Rate;
+use crate::values::Rate;
 
 pub struct Limiter {
     max: usize,

@@ -12,11 +12,11 @@ use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{Rate, WebhookUrl};
 use crate::metrics;
 use crate::outbox::limiter::Limiter;
 use crate::outbox::{self, Outbox, Outcome};
-use crate::wecom::{self, Class, MsgType, SendError};
+use crate::values::Rate;
+use crate::wecom::{self, Class, MsgType, SendError, WebhookUrl};
 
 /// Where messages go: WeCom, or stdout for `--dry-run`.
 #[derive(Clone)]

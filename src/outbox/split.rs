@@ -141,9 +141,9 @@ pub fn merge<'a>(pieces: impl IntoIterator<Item = &'a str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alertmanager::{Alert, Pairs, Payload, Status, Timestamp};
-    use crate::config::TzOffset;
+    use crate::alertmanager::{Alert, Pairs, Payload, Status};
     use crate::render::render;
+    use crate::time::{Timestamp, TzOffset};
     use crate::wecom::MARKDOWN_MAX_BYTES;
 
     /// A small deterministic PRNG, so property tests need no extra crate and fail reproducibly.
