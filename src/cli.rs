@@ -217,9 +217,76 @@ pub const FLAGS: &[Flag] = &[
         None,
         "print each message to stdout instead of sending it; no key needed",
     ),
+    flag(
+        "--log-format",
+        None,
+        Some("WEIXIN_ROBOT_LOG_FORMAT"),
+        Some("text|logfmt|json"),
+        Some("text"),
+        "log line format: text for people, logfmt or json for log collectors",
+    ),
+    flag(
+        "--robot",
+        None,
+        None,
+        Some("NAME"),
+        None,
+        "render, send-test: the robot of --config to use (default: its default robot)",
+    ),
     flag("--help", Some("-h"), None, None, None, "print this help and exit"),
     flag("--version", Some("-V"), None, None, None, "print version, target and git revision"),
 ];
+
+/// A subcommand: the single source for its usage line, `--help` and the man page SYNOPSIS.
+pub struct CommandDoc {
+    pub name: &'static str,
+    /// Positional arguments, as shown in usage.
+    pub args: &'static str,
+    pub about: &'static str,
+    /// The flags it accepts (besides `--help`); only these are read from the environment.
+    pub flags: &'static [&'static str],
+}
+
+/// The helper commands. Running without one serves (every flag applies).
+pub const COMMANDS: &[CommandDoc] = &[
+    CommandDoc {
+        name: "render",
+        args: "[FILE|-]",
+        about: "print the messages a payload becomes, as the chosen robot would send them",
+        flags: &["--config", "--robot", "--tz", "--max-body"],
+    },
+    CommandDoc {
+        name: "send-test",
+        args: "",
+        about: "send one test message with a robot's key and show WeCom's answer",
+        flags: &["--key", "--key-file", "--config", "--robot", "--ca-file", "--timeout", "--tz"],
+    },
+    CommandDoc {
+        name: "healthcheck",
+        args: "",
+        about: "exit 0 when the relay on --listen/--port answers /healthz (images without a shell)",
+        flags: &["--port", "--listen"],
+    },
+    CommandDoc {
+        name: "help",
+        args: "[COMMAND]",
+        about: "print this help, or a command's",
+        flags: &[],
+    },
+    CommandDoc {
+        name: "version",
+        args: "",
+        about: "print version, target and git revision",
+        flags: &[],
+    },
+];
+
+/// Where a value came from, so an error can point there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    CommandLine,
+    Env(&'static str),
+}
 
 /// What the user typed, before any checking. Missing means "not given" (flag nor env).
 #[derive(Clone, Default, Debug)]
@@ -229,9 +296,7 @@ pub struct RawArgs {
     pub version: bool,
     pub dry_run: bool,
     pub allow_key_param: bool,
-    values: Vec<(&'static str, String)>,
-    /// Flags given on the command line (as opposed to through the environment).
-    from_command_line: Vec<&'static str>,
+    values: Vec<(&'static str, String, Source)>,
 }
 
 /// What to do: run the relay (the default), or one of the helper commands.
@@ -248,10 +313,30 @@ pub enum Command {
     Healthcheck,
 }
 
+impl Command {
+    /// The subcommand's name; `None` for serving.
+    pub fn name(&self) -> Option<&'static str> {
+        match self {
+            Command::Serve => None,
+            Command::Render(_) => Some("render"),
+            Command::SendTest => Some("send-test"),
+            Command::Healthcheck => Some("healthcheck"),
+        }
+    }
+
+    /// Whether this command reads `flag` (from the command line or the environment).
+    fn accepts(&self, flag: &Flag) -> bool {
+        match self.name().and_then(find_command) {
+            None => flag.long != "--robot",
+            Some(doc) => flag.long == "--help" || doc.flags.contains(&flag.long),
+        }
+    }
+}
+
 impl RawArgs {
     /// Value of a flag, from the command line or else from its environment variable.
     pub fn get(&self, long: &str) -> Option<&str> {
-        self.values.iter().find(|(name, _)| *name == long).map(|(_, v)| v.as_str())
+        self.values.iter().find(|(name, ..)| *name == long).map(|(_, v, _)| v.as_str())
     }
 
     /// Value of a flag or its documented default.
@@ -261,7 +346,23 @@ impl RawArgs {
 
     /// Whether the flag was given on the command line (not through the environment).
     pub fn on_command_line(&self, long: &str) -> bool {
-        self.from_command_line.contains(&long)
+        self.source(long) == Some(Source::CommandLine)
+    }
+
+    fn source(&self, long: &str) -> Option<Source> {
+        self.values.iter().find(|(name, ..)| *name == long).map(|(.., s)| *s)
+    }
+
+    /// Points an error about a flag's value at the environment variable it came from, if it
+    /// did: `PORT=abc` → "invalid PORT (environment): …".
+    pub fn locate(&self, e: Error) -> Error {
+        match e {
+            Error::Invalid { flag, reason } => match self.source(flag) {
+                Some(Source::Env(var)) => Error::InvalidEnv { var, reason },
+                _ => Error::Invalid { flag, reason },
+            },
+            e => e,
+        }
     }
 }
 
@@ -269,12 +370,27 @@ fn find_flag(long: &str) -> Option<&'static Flag> {
     FLAGS.iter().find(|f| f.long == long)
 }
 
+fn find_command(name: &str) -> Option<&'static CommandDoc> {
+    COMMANDS.iter().find(|c| c.name == name)
+}
+
 /// Errors that end start-up with exit code 2. None of them carries the webhook key.
 #[derive(Debug)]
 pub enum Error {
     Args(String),
-    Invalid { flag: &'static str, reason: String },
-    KeyFile { path: PathBuf, source: std::io::Error },
+    Invalid {
+        flag: &'static str,
+        reason: String,
+    },
+    /// A bad value from an environment variable (see [`RawArgs::locate`]).
+    InvalidEnv {
+        var: &'static str,
+        reason: String,
+    },
+    KeyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl fmt::Display for Error {
@@ -282,6 +398,7 @@ impl fmt::Display for Error {
         match self {
             Error::Args(msg) => write!(f, "{msg}"),
             Error::Invalid { flag, reason } => write!(f, "invalid {flag}: {reason}"),
+            Error::InvalidEnv { var, reason } => write!(f, "invalid {var} (environment): {reason}"),
             Error::KeyFile { path, source } => {
                 write!(f, "reading key file {}: {source}", path.display())
             }
@@ -302,118 +419,221 @@ pub fn invalid(flag: &'static str, reason: impl Into<String>) -> Error {
     Error::Invalid { flag, reason: reason.into() }
 }
 
-/// Reads flags with pico-args, then fills the gaps from the environment.
+/// A positional argument is shown only when it looks like a command name: anything else
+/// might be a key pasted in the wrong place.
+fn shown_word(arg: &str) -> Option<&str> {
+    let word = arg.len() <= 24
+        && arg.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && arg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    word.then_some(arg)
+}
+
+fn command_names() -> String {
+    COMMANDS.iter().map(|c| c.name).collect::<Vec<_>>().join(", ")
+}
+
+/// Reads the command line (`--flag value`, `--flag=value`, `-p value`, `-p6000`), then fills
+/// the gaps from the environment. Errors name the flag, never its value.
 /// `env` is passed in so tests need not touch the process environment.
 pub fn parse_args(
     args: Vec<std::ffi::OsString>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<RawArgs, Error> {
-    let mut args = args;
+    let mut args: Vec<String> = args
+        .into_iter()
+        .map(|a| a.into_string().map_err(|_| Error::Args("an argument is not valid UTF-8".into())))
+        .collect::<Result<_, _>>()?;
     let mut raw = RawArgs::default();
-    let is_command = |a: &std::ffi::OsString, name: &str| a.to_str() == Some(name);
-    if let Some(first) = args.first() {
-        if is_command(first, "render") {
-            raw.command = Command::Render(None);
-            args.remove(0);
-        } else if is_command(first, "send-test") {
-            raw.command = Command::SendTest;
-            args.remove(0);
-        } else if is_command(first, "healthcheck") {
-            raw.command = Command::Healthcheck;
-            args.remove(0);
-        }
-    }
-    let mut pargs = pico_args::Arguments::from_vec(args);
-    for flag in FLAGS {
-        let keys: pico_args::Keys = match flag.short {
-            Some(short) => [short, flag.long].into(),
-            None => flag.long.into(),
-        };
-        if flag.value.is_none() {
-            let from_env = flag.env.and_then(env).is_some_and(|v| is_truthy(&v));
-            let present = pargs.contains(keys) || from_env;
-            match flag.long {
-                "--help" => raw.help = present,
-                "--version" => raw.version = present,
-                "--dry-run" => raw.dry_run = present,
-                "--allow-key-param" => raw.allow_key_param = present,
-                _ => {}
+    let mut help_topic = false;
+    if let Some(first) = args.first().filter(|a| !a.starts_with('-')) {
+        match first.as_str() {
+            "render" => raw.command = Command::Render(None),
+            "send-test" => raw.command = Command::SendTest,
+            "healthcheck" => raw.command = Command::Healthcheck,
+            "help" => help_topic = true,
+            "version" => raw.version = true,
+            other => {
+                return Err(Error::Args(match shown_word(other) {
+                    Some(w) => {
+                        format!("unknown command {w:?} (commands: {}; see --help)", command_names())
+                    }
+                    None => {
+                        "unexpected argument (a value where a flag or command belongs; see --help)"
+                            .into()
+                    }
+                }))
             }
+        }
+        args.remove(0);
+    }
+    let usage_hint = match raw.command.name() {
+        Some(name) => format!("see weixin-robot {name} --help"),
+        None => "see --help".into(),
+    };
+    let mut positional: Vec<String> = Vec::new();
+    let mut given: Vec<&'static str> = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        if arg == "--" {
+            positional.extend(it.by_ref());
+            break;
+        }
+        let (name, inline) = if let Some(long) = arg.strip_prefix("--") {
+            match long.split_once('=') {
+                Some((n, v)) => (format!("--{n}"), Some(v.to_string())),
+                None => (arg.clone(), None),
+            }
+        } else if arg.len() > 1 && arg.starts_with('-') {
+            let split = arg.char_indices().nth(2).map_or(arg.len(), |(i, _)| i);
+            let (n, rest) = arg.split_at(split);
+            let rest = rest.strip_prefix('=').unwrap_or(rest);
+            (n.to_string(), (!rest.is_empty()).then(|| rest.to_string()))
+        } else {
+            positional.push(arg);
+            continue;
+        };
+        let flag = FLAGS.iter().find(|f| f.long == name || f.short == Some(name.as_str()));
+        let Some(flag) = flag.filter(|f| raw.command.accepts(f)) else {
+            let shown =
+                if name.len() <= 40 && !name.contains("://") { name.as_str() } else { "an option" };
+            return Err(Error::Args(match (flag, raw.command.name()) {
+                (Some(_), Some(cmd)) => format!("{cmd} does not take {shown} ({usage_hint})"),
+                _ => format!("unknown option {shown} ({usage_hint})"),
+            }));
+        };
+        if given.contains(&flag.long) {
+            return Err(Error::Args(format!("{} given twice", flag.long)));
+        }
+        given.push(flag.long);
+        if flag.value.is_none() {
+            if inline.is_some() {
+                return Err(Error::Args(format!("{} takes no value", flag.long)));
+            }
+            set_switch(&mut raw, flag.long);
             continue;
         }
-        let given: Option<String> = pargs.opt_value_from_str(keys).map_err(|e| {
-            // pico-args echoes the offending value for parse errors; keep only the flag name
-            // so a mistyped key never lands in the terminal scrollback or journal.
-            Error::Args(match e {
-                pico_args::Error::OptionWithoutAValue(name) => format!("{name} needs a value"),
-                pico_args::Error::NonUtf8Argument => format!("{}: not valid UTF-8", flag.long),
-                _ => format!("{}: cannot read its value", flag.long),
-            })
-        })?;
-        if given.is_some() {
-            raw.from_command_line.push(flag.long);
-        }
-        let value = given.or_else(|| flag.env.and_then(|name| env(name).filter(|v| !v.is_empty())));
-        if let Some(value) = value {
-            raw.values.push((flag.long, value));
+        let value = match inline {
+            Some(v) => v,
+            None => it.next().ok_or_else(|| Error::Args(format!("{} needs a value", flag.long)))?,
+        };
+        raw.values.push((flag.long, value, Source::CommandLine));
+    }
+    let command = raw.command.clone();
+    for flag in FLAGS.iter().filter(|f| command.accepts(f) && !given.contains(&f.long)) {
+        let Some(var) = flag.env else { continue };
+        let Some(value) = env(var).filter(|v| !v.is_empty()) else { continue };
+        if flag.value.is_none() {
+            if is_truthy(&value) {
+                set_switch(&mut raw, flag.long);
+            }
+        } else {
+            raw.values.push((flag.long, value, Source::Env(var)));
         }
     }
-    let mut rest = pargs.finish();
-    if raw.command == Command::Render(None) && !rest.is_empty() {
-        let file = rest.remove(0);
-        if file != "-" {
+    let mut positional = positional.into_iter();
+    if help_topic {
+        raw.help = true;
+        if let Some(topic) = positional.next() {
+            raw.command = match topic.as_str() {
+                "render" => Command::Render(None),
+                "send-test" => Command::SendTest,
+                "healthcheck" => Command::Healthcheck,
+                "help" | "version" => Command::Serve,
+                other => {
+                    return Err(Error::Args(format!(
+                        "unknown command {:?} (commands: {})",
+                        shown_word(other).unwrap_or("…"),
+                        command_names()
+                    )))
+                }
+            };
+        }
+    } else if raw.command == Command::Render(None) {
+        if let Some(file) = positional.next().filter(|f| f != "-") {
             raw.command = Command::Render(Some(PathBuf::from(file)));
         }
     }
-    if let Some(first) = rest.first() {
-        let shown = first.to_string_lossy();
-        let shown = if shown.starts_with('-') { shown.into_owned() } else { "a value".into() };
-        return Err(Error::Args(format!("unexpected argument {shown} (see --help)")));
+    if let Some(extra) = positional.next() {
+        return Err(Error::Args(match (raw.command.name(), shown_word(&extra)) {
+            (None, Some(w)) => {
+                format!("unknown command {w:?} (commands: {}; see --help)", command_names())
+            }
+            _ => format!("unexpected argument (a value where none belongs; {usage_hint})"),
+        }));
     }
     Ok(raw)
+}
+
+fn set_switch(raw: &mut RawArgs, long: &str) {
+    match long {
+        "--help" => raw.help = true,
+        "--version" => raw.version = true,
+        "--dry-run" => raw.dry_run = true,
+        "--allow-key-param" => raw.allow_key_param = true,
+        _ => {}
+    }
 }
 
 fn is_truthy(v: &str) -> bool {
     matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
 }
 
-/// `--help` text, generated from [`FLAGS`].
-pub fn help_text() -> String {
-    let mut out = String::new();
+/// One flag's line in `--help`.
+fn help_line(flag: &Flag) -> String {
+    let mut left = String::from("    ");
+    if let Some(short) = flag.short {
+        left.push_str(short);
+        left.push_str(", ");
+    }
+    left.push_str(flag.long);
+    if let Some(value) = flag.value {
+        left.push(' ');
+        left.push_str(value);
+    }
+    let mut line = format!("{left:<40}{}", flag.help);
+    let mut extra = Vec::new();
+    if let Some(default) = flag.default {
+        extra.push(format!("default {default}"));
+    }
+    if let Some(env) = flag.env {
+        extra.push(format!("env {env}"));
+    }
+    if !extra.is_empty() {
+        line.push_str(&format!(" [{}]", extra.join(", ")));
+    }
+    line.push('\n');
+    line
+}
+
+/// `--help` text for serving (`None`) or one command, generated from [`FLAGS`] and
+/// [`COMMANDS`].
+pub fn help_text(command: Option<&str>) -> String {
+    let mut out = format!("weixin-robot {}\n", env!("CARGO_PKG_VERSION"));
+    if let Some(doc) = command.and_then(find_command) {
+        let args = if doc.args.is_empty() { String::new() } else { format!(" {}", doc.args) };
+        out.push_str(&format!(
+            "{}\n\nUSAGE:\n    weixin-robot {}{args} [OPTIONS]\n\nOPTIONS:\n",
+            doc.about, doc.name
+        ));
+        for flag in FLAGS.iter().filter(|f| f.long == "--help" || doc.flags.contains(&f.long)) {
+            out.push_str(&help_line(flag));
+        }
+        return out;
+    }
     out.push_str(concat!(
-        "weixin-robot ",
-        env!("CARGO_PKG_VERSION"),
-        "\nRelay Prometheus Alertmanager webhook notifications to a WeCom group robot.\n\n",
+        "Relay Prometheus Alertmanager webhook notifications to a WeCom group robot.\n\n",
         "USAGE:\n    weixin-robot --key-file PATH [OPTIONS]\n",
-        "    weixin-robot render [FILE|-] [--tz OFFSET]   print the messages a payload becomes\n",
-        "    weixin-robot send-test --key-file PATH       send one test message, show the answer\n",
-        "    weixin-robot healthcheck [--port PORT]       exit 0 when the relay answers /healthz\n",
-        "    weixin-robot --port 6000 --key https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=...\n\n",
-        "Alertmanager posts to http://HOST:PORT/alertinfo.\n\nOPTIONS:\n"
+        "    weixin-robot --config FILE [OPTIONS]\n",
+        "    weixin-robot COMMAND [OPTIONS]   (weixin-robot help COMMAND for its options)\n\n",
+        "Alertmanager posts to http://HOST:PORT/alertinfo.\n\nCOMMANDS:\n",
     ));
-    for flag in FLAGS {
-        let mut left = String::from("    ");
-        if let Some(short) = flag.short {
-            left.push_str(short);
-            left.push_str(", ");
-        }
-        left.push_str(flag.long);
-        if let Some(value) = flag.value {
-            left.push(' ');
-            left.push_str(value);
-        }
-        out.push_str(&format!("{left:<40}{}", flag.help));
-        let mut extra = Vec::new();
-        if let Some(default) = flag.default {
-            extra.push(format!("default {default}"));
-        }
-        if let Some(env) = flag.env {
-            extra.push(format!("env {env}"));
-        }
-        if !extra.is_empty() {
-            out.push_str(&format!(" [{}]", extra.join(", ")));
-        }
-        out.push('\n');
+    for doc in COMMANDS {
+        let left = format!("    {} {}", doc.name, doc.args);
+        out.push_str(&format!("{left:<40}{}\n", doc.about));
+    }
+    out.push_str("\nOPTIONS:\n");
+    for flag in FLAGS.iter().filter(|f| Command::Serve.accepts(f)) {
+        out.push_str(&help_line(flag));
     }
     out.push_str("\nRUST_LOG sets the log level (default info).\n");
     out
@@ -524,9 +744,14 @@ mod tests {
 
     #[test]
     fn help_lists_every_flag() {
-        let help = help_text();
-        for flag in FLAGS {
-            assert!(help.contains(flag.long), "{}", flag.long);
+        let mut all = help_text(None);
+        for doc in COMMANDS {
+            all.push_str(&help_text(Some(doc.name)));
         }
+        for flag in FLAGS {
+            assert!(all.contains(flag.long), "{}", flag.long);
+        }
+        let render = help_text(Some("render"));
+        assert!(render.contains("--robot") && !render.contains("--state-dir"), "{render}");
     }
 }

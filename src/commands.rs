@@ -6,13 +6,23 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::alertmanager::{self, Payload};
 use crate::config::Config;
 use crate::intake;
+use crate::outbox;
+use crate::robots::RobotConfig;
+use crate::routing::{Robot, Robots};
+use crate::time::TzOffset;
 use crate::time::{format_time, Timestamp};
 use crate::wecom::{self, SendError};
 
-/// Prints each message a payload becomes, exactly as it would be sent as `markdown.content`,
-/// after splitting. Reads `path`, or stdin when `None`; at most `--max-body` bytes.
+/// Prints each message a payload becomes, exactly as the robot would send it: its template,
+/// message type, split and @-mention message. The robot is `--robot`, else the one routing
+/// picks from the payload's labels (`--config`), else `default`. Reads `path`, or stdin when
+/// `None`; at most `--max-body` bytes. Keys are never read.
 pub fn render(config: &Config, path: Option<&Path>) -> Result<(), String> {
     let mut body = Vec::new();
     let limit = config.max_body_bytes;
@@ -29,9 +39,22 @@ pub fn render(config: &Config, path: Option<&Path>) -> Result<(), String> {
     if body.len() as u64 > limit {
         return Err(format!("payload is larger than --max-body ({limit} bytes)"));
     }
-    let prepared =
-        intake::prepare(&body, config.tz).map_err(|e| format!("payload rejected: {e}"))?;
-    let parts = &prepared.parts;
+    // The same checks the relay applies (JSON depth, then the payload itself).
+    intake::prepare(&body, config.tz).map_err(|e| format!("payload rejected: {e}"))?;
+    let payload = alertmanager::parse(&body).map_err(|e| format!("payload rejected: {e}"))?;
+    let robots = routing_for_render(config)?;
+    let robot = match &config.robot {
+        Some(name) => robots.named(name).ok_or_else(|| format!("no robot named {name:?}"))?,
+        None => robots.pick(&payload),
+    };
+    let rc = config.robots.iter().find(|r| r.name == robot.name).ok_or("robot vanished")?;
+    eprintln!(
+        "robot {}: msgtype {:?}, template {}",
+        rc.name,
+        rc.msgtype,
+        if rc.template.is_some() { "from the config file" } else { "built-in" }
+    );
+    let parts = messages_for(&payload, config.tz, &robots, robot, rc);
     for (i, part) in parts.iter().enumerate() {
         println!("----- message {}/{} ({} bytes) -----", i + 1, parts.len(), part.len());
         println!("{part}");
@@ -39,9 +62,71 @@ pub fn render(config: &Config, path: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
+/// The robot set as the relay routes it, each robot with an in-memory outbox that is never
+/// used: routing and mentions need the same `Robots` the server has.
+fn routing_for_render(config: &Config) -> Result<Robots, String> {
+    let robots = config
+        .robots
+        .iter()
+        .map(|rc| {
+            let outbox = outbox::Outbox::new(
+                outbox::Limits { max_messages: 1, max_bytes: 1, dedup_window: Duration::ZERO },
+                None,
+            );
+            Arc::new(Robot {
+                name: rc.name.clone(),
+                outbox: Arc::new(outbox),
+                live: Arc::new(Mutex::new((outbox::sender::Target::Stdout, rc.rate, rc.msgtype))),
+                mention: Mutex::new(rc.mention.clone()),
+                template: Mutex::new(rc.template.clone()),
+            })
+        })
+        .collect();
+    Robots::new(
+        robots,
+        &config.default_robot,
+        config.route_label.clone(),
+        config.mention_rules.clone(),
+    )
+    .ok_or_else(|| format!("no robot named {:?}", config.default_robot))
+}
+
+/// What `intake::accept` queues for this robot: the content parts, then the mention message
+/// (shown as the JSON body it is sent as).
+fn messages_for(
+    payload: &Payload,
+    tz: TzOffset,
+    robots: &Robots,
+    robot: &Robot,
+    rc: &RobotConfig,
+) -> Vec<String> {
+    let mut parts = intake::build(payload, tz, rc.msgtype, rc.template.as_deref(), None).parts;
+    let mention = robots.mentions_for(robot, payload);
+    if mention.all || !mention.users.is_empty() || !mention.mobiles.is_empty() {
+        parts.push(intake::mention_piece(payload, &mention));
+    }
+    parts
+        .into_iter()
+        .map(|p| match p.strip_prefix(outbox::RAW_BODY_MARKER) {
+            Some(json) => json.to_string(),
+            None => p,
+        })
+        .collect()
+}
+
+/// The robot `send-test` and `render` use: `--robot`, else the default one.
+fn chosen_robot(config: &Config) -> Result<&RobotConfig, String> {
+    let name = config.robot.as_deref().unwrap_or(&config.default_robot);
+    config.robots.iter().find(|r| r.name == name).ok_or_else(|| format!("no robot named {name:?}"))
+}
+
 /// Sends one short markdown message and prints WeCom's answer with a hint for known errcodes.
 pub fn send_test(config: &Config) -> Result<(), String> {
-    let url = config.webhook.as_ref().ok_or("send-test needs --key or --key-file")?;
+    let robot = chosen_robot(config)?;
+    let url = robot
+        .webhook
+        .as_ref()
+        .ok_or("send-test needs a key: --key, --key-file, or --config with --robot")?;
     let client = wecom::Client::new(config.send_timeout, config.ca_file.as_deref())?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let when = format_time(Timestamp { unix_seconds: now as i64, nanos: 0 }, config.tz);
@@ -51,7 +136,7 @@ pub fn send_test(config: &Config) -> Result<(), String> {
         crate::render::escape(host.trim()),
         crate::build::VERSION
     );
-    println!("sending a test message to {url}");
+    println!("sending a test message to {url} (robot {})", robot.name);
     let (result, latency) = client.send(url, &wecom::markdown_body(&content));
     match result {
         Ok(()) => {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use crate::cli::{invalid, Command, Error, RawArgs};
 use crate::config_file;
-use crate::robots::{read_key_file, robots, RobotConfig};
+use crate::logger::LogFormat;
+use crate::robots::{read_key_file, robots, Keys, RobotConfig};
 use crate::time::TzOffset;
 use crate::values::{parse_bytes, parse_duration, Rate};
 use crate::wecom::WebhookUrl;
@@ -21,11 +22,15 @@ use crate::wecom::WebhookUrl;
 pub struct Config {
     pub listen: SocketAddr,
     /// The single robot given by --key/--key-file (the one named `default`), if any.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub webhook: Option<WebhookUrl>,
     /// Every robot, from --key and from --config; never empty when serving.
     pub robots: Vec<RobotConfig>,
     /// The robot that gets what no route picks.
     pub default_robot: String,
+    /// `--robot`: the robot `render` and `send-test` use instead of the default one.
+    pub robot: Option<String>,
+    pub log_format: LogFormat,
     /// A label whose value names the robot for a notification.
     pub route_label: String,
     /// `[[mentions]]` rules from the config file (robot names checked).
@@ -53,7 +58,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks everything; an error about a value from the environment names the variable.
     pub fn from_raw(raw: &RawArgs) -> Result<Config, Error> {
+        Config::check(raw).map_err(|e| raw.locate(e))
+    }
+
+    fn check(raw: &RawArgs) -> Result<Config, Error> {
         let port: u16 = raw
             .get_or_default("--port")
             .unwrap_or("6000")
@@ -147,15 +157,35 @@ impl Config {
             return Err(invalid("--request-timeout", "must be above zero"));
         }
 
+        let keys = match raw.command {
+            Command::Render(_) | Command::Healthcheck => Keys::Skip,
+            _ if raw.dry_run => Keys::Optional,
+            _ => Keys::Required,
+        };
         let rate = Rate::parse(raw.get_or_default("--rate").unwrap_or("20/60s"))
             .map_err(|r| invalid("--rate", r))?;
         let (robots, default_robot, route_label, mention_rules) =
-            robots(raw.get("--config").map(Path::new), webhook.as_ref(), rate, raw.dry_run)?;
+            robots(raw.get("--config").map(Path::new), webhook.as_ref(), rate, keys)?;
+        let robot = match raw.get("--robot") {
+            Some(name) if robots.iter().any(|r| r.name == name) => Some(name.to_string()),
+            Some(_) => {
+                let names: Vec<&str> = robots.iter().map(|r| r.name.as_str()).collect();
+                return Err(invalid(
+                    "--robot",
+                    format!("no such robot (robots: {})", names.join(", ")),
+                ));
+            }
+            None => None,
+        };
+        let log_format = LogFormat::parse(raw.get_or_default("--log-format").unwrap_or("text"))
+            .map_err(|r| invalid("--log-format", r))?;
         Ok(Config {
             listen: SocketAddr::new(ip, port),
             webhook,
             robots,
             default_robot,
+            robot,
+            log_format,
             route_label,
             mention_rules,
             dry_run: raw.dry_run,

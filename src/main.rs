@@ -73,7 +73,7 @@ fn run() -> Result<(), Failure> {
         cli::parse_args(std::env::args_os().skip(1).collect(), &|name| std::env::var(name).ok())
             .map_err(|e| Failure::Usage(e.to_string()))?;
     if raw.help {
-        print!("{}", cli::help_text());
+        print!("{}", cli::help_text(raw.command.name()));
         return Ok(());
     }
     if raw.version {
@@ -81,7 +81,7 @@ fn run() -> Result<(), Failure> {
         return Ok(());
     }
     let config = Config::from_raw(&raw).map_err(|e| Failure::Usage(e.to_string()))?;
-    logger::init();
+    logger::init(config.log_format);
     match &raw.command {
         cli::Command::Serve => serve(&config, raw, &signals),
         cli::Command::Render(path) => {

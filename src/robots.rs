@@ -31,12 +31,23 @@ pub fn read_key_file(path: &Path) -> std::io::Result<String> {
     Ok(key.unwrap_or("").to_string())
 }
 
+/// How [`robots`] treats the robots' keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keys {
+    /// Serving or sending: every robot needs one.
+    Required,
+    /// `--dry-run`: read them when given, none needed.
+    Optional,
+    /// `render`: never read (so rendering needs no access to secrets).
+    Skip,
+}
+
 /// The robots: `default` from --key (if given), plus every `[robots.NAME]` of the file.
 pub fn robots(
     file: Option<&Path>,
     cli_webhook: Option<&WebhookUrl>,
     cli_rate: Rate,
-    dry_run: bool,
+    keys: Keys,
 ) -> Result<RobotSetup, Error> {
     let mut robots = Vec::new();
     if file.is_none() || cli_webhook.is_some() {
@@ -63,12 +74,13 @@ pub fn robots(
             (Some(_), Some(_)) => {
                 return Err(bad(format!("{where_}: give key or key_file, not both")))
             }
+            _ if keys == Keys::Skip => None,
             (Some(k), None) => Some(k.clone()),
             (None, Some(p)) => Some(
                 read_key_file(p)
                     .map_err(|e| bad(format!("{where_}: reading {}: {e}", p.display())))?,
             ),
-            (None, None) if dry_run => None,
+            (None, None) if keys == Keys::Optional => None,
             (None, None) => return Err(bad(format!("{where_}: needs key or key_file"))),
         };
         let webhook = key_text

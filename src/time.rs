@@ -175,6 +175,19 @@ pub fn format_time(t: Timestamp, tz: TzOffset) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
 }
 
+/// `2024-05-01T12:00:00.123Z`: UTC with milliseconds, for log lines.
+pub fn format_rfc3339_utc(t: Timestamp) -> String {
+    let (days, secs) = (t.unix_seconds.div_euclid(86_400), t.unix_seconds.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+        t.nanos / 1_000_000
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +227,12 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn rfc3339_utc_round_trip() {
+        let t = parse_rfc3339("2024-05-01T20:00:00.250+08:00");
+        assert_eq!(t.map(format_rfc3339_utc).as_deref(), Some("2024-05-01T12:00:00.250Z"));
     }
 
     #[test]

@@ -316,6 +316,24 @@ impl WebhookUrl {
         if input.is_empty() {
             return Err("empty: give the webhook URL or key".into());
         }
+        let quoted = |q: char| input.len() >= 2 && input.starts_with(q) && input.ends_with(q);
+        if quoted('"') || quoted('\'') {
+            return Err(
+                "it is wrapped in quotes: remove them (quotes belong to the shell, not the value)"
+                    .into(),
+            );
+        }
+        if let Some((name, _)) = input.split_once('=').filter(|(n, _)| {
+            !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        }) {
+            return Err(format!(
+                "it starts with {name}=: give only the URL or key, not a variable assignment"
+            ));
+        }
+        if input.contains(char::is_whitespace) {
+            return Err("it contains a space or line break: a URL or key has none".into());
+        }
         if !input.contains("://") {
             if !input.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
                 return Err("a bare key may only hold letters, digits, '-' and '_'".into());

@@ -50,7 +50,7 @@ fn key_file_keeps_the_key_out_of_argv() {
 #[test]
 fn bad_command_lines_exit_2_with_one_line() {
     let cases: &[(&[&str], &str)] = &[
-        (&["--bogus", "-k", "k"], "unexpected argument --bogus"),
+        (&["--bogus", "-k", "k"], "unknown option --bogus"),
         (&[], "missing webhook key"),
         (&["-k", "ftp://example.com/send?key=SeCrEtKeY-0123456789-abcdef"], "invalid --key"),
         (&["-k", "https://example.com/send?nokey=SeCrEtKeY-0123456789-abcdef"], "invalid --key"),
@@ -105,4 +105,156 @@ fn ipv6_listen() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(up, "relay did not answer on [::1]:{port}");
+}
+
+/// Issue #16: `--key=URL` was refused with the key in the message; `--port=N` and `-pN` too.
+#[test]
+fn flag_equals_value_and_attached_short_values() {
+    let fake = FakeWeCom::start();
+    let port = free_port();
+    let mut child = relay_command()
+        .args([
+            "--listen=127.0.0.1".to_string(),
+            format!("-p{port}"),
+            format!("--key={}", fake.url()),
+            "--dedup-window=1m30s".to_string(),
+        ])
+        .env_remove("KEY")
+        .env_remove("PORT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let addr = ([127, 0, 0, 1], port).into();
+    wait_until(Duration::from_secs(10), "relay up with --flag=value", || {
+        raw_request(addr, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .is_ok_and(|r| r.status == 200)
+    });
+    assert_eq!(post(addr, "/alertinfo", &payload("eq", &[A("eq1", "firing", "Eq")])).status, 200);
+    wait_until(Duration::from_secs(10), "delivery", || fake.delivered().len() == 1);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn no_error_echoes_a_secret_value() {
+    let url = format!("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={SECRET}");
+    let kye = format!("--kye={url}");
+    let dry = format!("--dry-run={SECRET}");
+    let key_eq = format!("--key={url}");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![&kye], "unknown option --kye"),
+        (vec![&dry], "--dry-run takes no value"),
+        (vec![&url], "unexpected argument"),
+        (vec!["--key"], "--key needs a value"),
+        (vec![&key_eq, "-k", "x"], "--key given twice"),
+        (vec!["render", &key_eq], "render does not take --key"),
+        (vec!["healthcheck", "-k", &url], "healthcheck does not take -k"),
+    ];
+    for (args, want) in &cases {
+        let (code, out, err) = run_to_exit(args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!err.contains(SECRET) && !out.contains(SECRET), "{args:?} leaked: {err}");
+    }
+}
+
+/// `help`, `version` and unknown commands used to print "unexpected argument a value";
+/// every command's `--help` printed the whole relay help.
+#[test]
+fn commands_have_their_own_help_version_and_errors() {
+    let (code, out, _) = run_to_exit(&["help"], &[]);
+    assert_eq!(code, Some(0));
+    for cmd in ["render", "send-test", "healthcheck", "help", "version", "--state-dir"] {
+        assert!(out.contains(cmd), "help lacks {cmd}:\n{out}");
+    }
+    let (code, out, _) = run_to_exit(&["version"], &[]);
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with(&format!("weixin-robot {} (", env!("CARGO_PKG_VERSION"))), "{out}");
+
+    for (cmd, has, lacks) in [
+        ("render", "--robot", "--state-dir"),
+        ("send-test", "--key-file", "--max-body"),
+        ("healthcheck", "--port", "--key"),
+    ] {
+        for args in [vec![cmd, "--help"], vec!["help", cmd], vec![cmd, "-h"]] {
+            let (code, out, err) = run_to_exit(&args, &[]);
+            assert_eq!(code, Some(0), "{args:?}: {err}");
+            assert!(out.contains(&format!("weixin-robot {cmd}")), "{args:?}:\n{out}");
+            assert!(out.contains(has) && !out.contains(lacks), "{args:?}:\n{out}");
+        }
+    }
+    for (args, want) in [
+        (vec!["frobnicate"], "unknown command \"frobnicate\""),
+        (vec!["help", "frobnicate"], "unknown command"),
+        (vec!["render", "a.json", "b.json"], "unexpected argument"),
+        (vec!["render", "--state-dir", "/tmp"], "render does not take --state-dir"),
+    ] {
+        let (code, _, err) = run_to_exit(&args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(want)
+                && err.contains("commands: render") == (want.starts_with("unknown command")),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn errors_name_the_environment_variable_and_duration_units() {
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["-k", "k"], &[("PORT", "abc")], "invalid PORT (environment): "),
+        (&["-k", "k", "--port", "abc"], &[], "invalid --port: "),
+        (&["-k", "k"], &[("WEIXIN_ROBOT_TIMEOUT", "10")], "invalid WEIXIN_ROBOT_TIMEOUT (environment): \"10\" has no unit (use a unit: ms, s, m, h, d or w"),
+        (&["-k", "k", "--grace", "30"], &[], "invalid --grace: \"30\" has no unit"),
+        (&["-k", "k", "--retry-max", "5parsecs"], &[], "unknown unit"),
+        (&["-k", "k"], &[("WEIXIN_ROBOT_LOG_FORMAT", "xml")], "invalid WEIXIN_ROBOT_LOG_FORMAT (environment): expected text, logfmt or json"),
+    ];
+    for (args, env, want) in cases {
+        let (code, _, err) = run_to_exit(args, env);
+        assert_eq!(code, Some(2), "{args:?} {env:?}: {err}");
+        assert!(err.contains(want), "{args:?} {env:?}: {err}");
+    }
+    // Go/Alertmanager durations are accepted.
+    let relay = Relay::start(&[
+        "--dry-run",
+        "--grace",
+        "1m30s",
+        "--retry-max",
+        "1d",
+        "--retry-initial",
+        "500ms",
+        "--dedup-window",
+        "1h",
+    ]);
+    assert_eq!(relay.post(&payload("d", &[A("d1", "firing", "Dur")])).status, 200);
+}
+
+#[test]
+fn key_mistakes_are_explained_without_the_key() {
+    let dir = TempDir::new("keyerr");
+    let url = format!("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={SECRET}");
+    let assignment = dir.path().join("assignment");
+    std::fs::write(&assignment, format!("# the key\nKEY={url}\n")).expect("write");
+    let quoted_file = dir.path().join("quoted");
+    std::fs::write(&quoted_file, format!("\"{url}\"\n")).expect("write");
+    let spaced = format!("{url} x");
+    let quoted = format!("'{url}'");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--key", &spaced], "contains a space"),
+        (vec!["--key", &quoted], "wrapped in quotes"),
+        (vec!["--key-file", assignment.to_str().expect("utf8")], "starts with KEY="),
+        (vec!["--key-file", quoted_file.to_str().expect("utf8")], "wrapped in quotes"),
+    ];
+    for (args, want) in &cases {
+        let (code, out, err) = run_to_exit(args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains(SECRET) && !out.contains(SECRET), "leaked: {err}");
+    }
+    let (code, _, err) = run_to_exit(&[], &[("KEY", &quoted)]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("invalid KEY (environment): it is wrapped in quotes"), "{err}");
 }
