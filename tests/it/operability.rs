@@ -211,3 +211,147 @@ fn healthcheck_command_for_images_without_a_shell() {
     assert_eq!(code, Some(1));
     assert!(err.contains("healthcheck: connecting"), "{err}");
 }
+
+/// The messages `render` prints, split at its `----- message i/n (N bytes) -----` headers.
+fn rendered_messages(out: &str) -> Vec<String> {
+    let mut got: Vec<String> = Vec::new();
+    for line in out.lines() {
+        if line.starts_with("----- message ") {
+            got.push(String::new());
+        } else if let Some(last) = got.last_mut() {
+            if !last.is_empty() {
+                last.push('\n');
+            }
+            last.push_str(line);
+        }
+    }
+    got
+}
+
+/// What WeCom received, in the form `render` prints: the content, or the whole JSON body of
+/// an @-mention message.
+fn as_rendered(r: &Received) -> String {
+    let body = &r.body;
+    if body["msgtype"] == "text" && body["text"].get("mentioned_list").is_some() {
+        return body.to_string();
+    }
+    let kind = body["msgtype"].as_str().unwrap_or("");
+    body[kind]["content"].as_str().unwrap_or("").to_string()
+}
+
+/// Issue #16: `render` ignored `--config`. Now `render --config FILE [--robot NAME]` prints
+/// exactly what the relay sends for that robot: its template, msgtype, split and mentions.
+#[test]
+fn render_with_config_prints_what_the_robot_sends() {
+    let fake = FakeWeCom::start();
+    let dir = TempDir::new("render-config");
+    let tpl = dir.path().join("ops.tpl");
+    std::fs::write(&tpl, "[alert]\n**{{labels.alertname}}** on {{labels.instance}}\n")
+        .expect("template");
+    let config = dir.path().join("config.toml");
+    let text = |key_line: &str| {
+        format!(
+            "default_robot = \"ops\"\n\
+             [robots.ops]\n{key_line}\ntemplate = \"{}\"\nmention_users = [\"zhangsan\"]\n\n\
+             [robots.dba]\n{key_line}\nmsgtype = \"text\"\n\n\
+             [[mentions]]\nlabel = \"severity\"\nvalue = \"critical\"\nusers = [\"lisi\"]\nrobot = \"ops\"\n",
+            tpl.display()
+        )
+    };
+    std::fs::write(&config, text(&format!("key = \"{}\"", fake.url()))).expect("config");
+    let body = payload("rc", &[A("rc1", "firing", "Rendered"), A("rc2", "firing", "Rendered")]);
+    let json = dir.path().join("payload.json");
+    std::fs::write(&json, &body).expect("payload");
+    let (config_s, json_s) = (config.to_str().expect("utf8"), json.to_str().expect("utf8"));
+
+    let relay = Relay::start(&["--config", config_s]);
+    assert_eq!(relay.post(&body).status, 200);
+    wait_until(Duration::from_secs(10), "ops: markdown and mention", || {
+        fake.delivered().len() == 2
+    });
+    assert_eq!(post(relay.addr, "/alertinfo/dba", &body).status, 200);
+    wait_until(Duration::from_secs(10), "dba: text", || fake.delivered().len() == 3);
+    let sent: Vec<String> = fake.delivered().iter().map(as_rendered).collect();
+    drop(relay);
+
+    // render reads no key: point every key at a file nobody can read.
+    std::fs::write(&config, text("key_file = \"/nonexistent/key\"")).expect("config");
+    let (code, out, err) = run_to_exit(&["render", "--config", config_s, json_s], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("robot ops"), "{err}");
+    assert_eq!(rendered_messages(&out), sent[..2], "ops (routed by default)");
+    assert!(sent[0].contains("**Rendered** on rc1.example:9100"), "template used: {}", sent[0]);
+    assert!(sent[1].contains("zhangsan") && sent[1].contains("lisi"), "mentions: {}", sent[1]);
+
+    let (code, out, err) =
+        run_to_exit(&["render", "--config", config_s, "--robot=dba", json_s], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(rendered_messages(&out), sent[2..], "dba");
+
+    let (code, _, err) = run_to_exit(&["render", "--config", config_s, "--robot", "nope"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("invalid --robot: no such robot (robots: ops, dba)"), "{err}");
+}
+
+/// `send-test --config FILE --robot NAME` tests that robot's key, not the default one's.
+#[test]
+fn send_test_uses_the_chosen_robot() {
+    let (ops, dba) = (FakeWeCom::start(), FakeWeCom::start());
+    let dir = TempDir::new("send-test-robot");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "default_robot = \"ops\"\n[robots.ops]\nkey = \"{}\"\n[robots.dba]\nkey = \"{}\"\n",
+            ops.url(),
+            dba.url()
+        ),
+    )
+    .expect("config");
+    let config = config.to_str().expect("utf8");
+    let (code, out, err) = run_to_exit(&["send-test", "--config", config, "--robot", "dba"], &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("(robot dba)") && !out.contains(SECRET), "{out}");
+    assert_eq!((ops.delivered().len(), dba.delivered().len()), (0, 1));
+    let (code, out, _) = run_to_exit(&["send-test", "--config", config], &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!((ops.delivered().len(), dba.delivered().len()), (1, 1));
+}
+
+/// `--log-format logfmt|json`: one line per event, fields split out, the key nowhere.
+#[test]
+fn log_formats_for_collectors() {
+    for format in ["logfmt", "json"] {
+        let fake = FakeWeCom::start();
+        let mut relay = Relay::start(&["--key", &fake.url(), "--log-format", format]);
+        assert_eq!(relay.post(&payload("lf", &[A("lf1", "firing", "Logs")])).status, 200);
+        wait_until(Duration::from_secs(10), "delivery", || fake.delivered().len() == 1);
+        relay.signal("TERM");
+        relay.wait_exit(Duration::from_secs(15));
+        let logs = relay.logs();
+        assert!(!logs.contains(SECRET), "{logs}");
+        let queued = logs
+            .lines()
+            .find(|l| l.contains("notification queued"))
+            .unwrap_or_else(|| panic!("no queued line:\n{logs}"));
+        if format == "json" {
+            for line in logs.lines() {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(v["ts"].is_string() && v["level"].is_string() && v["msg"].is_string());
+            }
+            let v: serde_json::Value = serde_json::from_str(queued).expect("json");
+            assert_eq!(v["msg"], "notification queued");
+            assert_eq!(v["robot"], "default");
+            assert_eq!(v["firing"], "1");
+        } else {
+            for line in logs.lines() {
+                assert!(line.starts_with("ts=") && line.contains(" level="), "{line}");
+            }
+            assert!(
+                queued.contains(" level=info msg=\"notification queued\" robot=default "),
+                "{queued}"
+            );
+        }
+    }
+}
