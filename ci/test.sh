@@ -22,6 +22,7 @@ need_apt() { # need_apt COMMAND PACKAGE...
 
 need_apt prometheus-alertmanager prometheus-alertmanager
 need_apt openssl openssl
+need_apt promtool prometheus
 need_apt aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
 need_apt qemu-aarch64-static qemu-user-static
 need_apt readelf binutils

@@ -99,6 +99,12 @@ impl Fleet {
 
     /// Re-reads `--config` and the key files. On error nothing changes.
     pub fn reload(&self) -> Result<String, String> {
+        let result = self.try_reload();
+        crate::metrics::config_loaded(result.is_ok());
+        result
+    }
+
+    fn try_reload(&self) -> Result<String, String> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let config = Config::from_raw(&self.raw).map_err(|e| e.to_string())?;
         let old = self.robots();

@@ -112,7 +112,7 @@ pub fn accept(
         let result = outbox.enqueue(item).map_err(Rejected::Unavailable)?;
         if let Enqueued::Queued { id, superseded } = &result {
             if *superseded > 0 {
-                metrics::superseded(*superseded);
+                metrics::superseded(&robot.name, *superseded);
             }
             log::info!(
                 "notification queued robot={} item={id} receiver={:?} status={} firing={firing} resolved={resolved} messages={parts} bytes={bytes} superseded={superseded}",
@@ -129,7 +129,7 @@ pub fn accept(
         resolved as u64,
     );
     if duplicate {
-        metrics::dedup_hit();
+        metrics::dedup_hit(&robot.name);
         log::info!(
             "duplicate notification dropped robot={} receiver={:?} status={} alerts={}",
             robot.name,

@@ -100,6 +100,7 @@ fn serve(config: &Config, raw: RawArgs, signals: &Signals) -> Result<(), Failure
     let client = wecom::Client::new(config.send_timeout, config.ca_file.as_deref())
         .map_err(Failure::Usage)?;
     let fleet = fleet::Fleet::start(config, raw, client).map_err(Failure::Runtime)?;
+    metrics::config_loaded(true);
 
     let auth =
         auth::Auth::load(config.auth_token_file.as_deref(), config.basic_auth_file.as_deref())

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::wecom::SendError;
 
@@ -19,8 +19,6 @@ static NOTIFICATIONS_FIRING: AtomicU64 = AtomicU64::new(0);
 static NOTIFICATIONS_RESOLVED: AtomicU64 = AtomicU64::new(0);
 static ALERTS_FIRING: AtomicU64 = AtomicU64::new(0);
 static ALERTS_RESOLVED: AtomicU64 = AtomicU64::new(0);
-static DEDUP_HITS: AtomicU64 = AtomicU64::new(0);
-static SUPERSEDED: AtomicU64 = AtomicU64::new(0);
 
 /// Send latency buckets in seconds.
 const BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -33,8 +31,16 @@ struct Histogram {
 
 /// Labelled counters: series text (`name{labels}`) → value.
 static COUNTERS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
-static LATENCY: Mutex<Histogram> =
-    Mutex::new(Histogram { counts: [0; BUCKETS.len()], sum: 0.0, count: 0 });
+/// Send latency per robot.
+static LATENCY: Mutex<BTreeMap<String, Histogram>> = Mutex::new(BTreeMap::new());
+/// Unix time of the last message WeCom accepted, per robot.
+static LAST_DELIVERY: Mutex<BTreeMap<String, f64>> = Mutex::new(BTreeMap::new());
+/// The last configuration load: (successful, unix time of the last successful one).
+static RELOAD: Mutex<(bool, f64)> = Mutex::new((false, 0.0));
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
 
 fn add(series: String, delta: u64) {
     let mut map = COUNTERS.lock().unwrap_or_else(|p| p.into_inner());
@@ -61,16 +67,28 @@ pub fn request_rejected(reason: &'static str) {
     add(format!("weixin_robot_requests_rejected_total{{reason=\"{reason}\"}}"), 1);
 }
 
-pub fn dedup_hit() {
-    DEDUP_HITS.fetch_add(1, Ordering::Relaxed);
+pub fn dedup_hit(robot: &str) {
+    add(format!("weixin_robot_dedup_hits_total{{robot=\"{}\"}}", label(robot)), 1);
 }
 
-pub fn superseded(n: usize) {
-    SUPERSEDED.fetch_add(n as u64, Ordering::Relaxed);
+pub fn superseded(robot: &str, n: usize) {
+    add(format!("weixin_robot_superseded_total{{robot=\"{}\"}}", label(robot)), n as u64);
 }
 
 pub fn inc_sent(robot: &str) {
     add(format!("weixin_robot_messages_sent_total{{robot=\"{}\"}}", label(robot)), 1);
+    let mut last = LAST_DELIVERY.lock().unwrap_or_else(|p| p.into_inner());
+    last.insert(robot.to_string(), unix_now());
+}
+
+/// A configuration load (start-up, SIGHUP or `POST /-/reload`) ended; `ok` false leaves the
+/// old configuration running.
+pub fn config_loaded(ok: bool) {
+    let mut r = RELOAD.lock().unwrap_or_else(|p| p.into_inner());
+    r.0 = ok;
+    if ok {
+        r.1 = unix_now();
+    }
 }
 
 pub fn inc_failed(robot: &str, e: &SendError) {
@@ -90,9 +108,14 @@ pub fn inc_retry(robot: &str) {
     add(format!("weixin_robot_retries_total{{robot=\"{}\"}}", label(robot)), 1);
 }
 
-pub fn observe_send_latency(d: Duration) {
+pub fn observe_send_latency(robot: &str, d: Duration) {
     let secs = d.as_secs_f64();
-    let mut h = LATENCY.lock().unwrap_or_else(|p| p.into_inner());
+    let mut all = LATENCY.lock().unwrap_or_else(|p| p.into_inner());
+    let h = all.entry(robot.to_string()).or_insert(Histogram {
+        counts: [0; BUCKETS.len()],
+        sum: 0.0,
+        count: 0,
+    });
     for (i, bound) in BUCKETS.iter().enumerate() {
         if secs <= *bound {
             h.counts[i] += 1;
@@ -146,18 +169,6 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
         "weixin_robot_alerts_received_total{{status=\"resolved\"}} {}",
         ALERTS_RESOLVED.load(Ordering::Relaxed)
     );
-    counter(
-        &mut out,
-        "weixin_robot_dedup_hits_total",
-        "Notifications dropped as duplicates within --dedup-window.",
-    );
-    let _ = writeln!(out, "weixin_robot_dedup_hits_total {}", DEDUP_HITS.load(Ordering::Relaxed));
-    counter(
-        &mut out,
-        "weixin_robot_superseded_total",
-        "Unsent notifications replaced by a newer one for the same alerts.",
-    );
-    let _ = writeln!(out, "weixin_robot_superseded_total {}", SUPERSEDED.load(Ordering::Relaxed));
 
     let map = COUNTERS.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for (name, help) in [
@@ -168,6 +179,14 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
             "Failed send attempts, by reason, class and errcode.",
         ),
         ("weixin_robot_retries_total", "Send attempts that will be retried."),
+        (
+            "weixin_robot_dedup_hits_total",
+            "Notifications dropped as duplicates within --dedup-window, by robot.",
+        ),
+        (
+            "weixin_robot_superseded_total",
+            "Unsent notifications replaced by a newer one for the same alerts, by robot.",
+        ),
     ] {
         counter(&mut out, name, help);
         for (series, value) in map.range(format!("{name}{{")..) {
@@ -199,21 +218,44 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
         "# HELP weixin_robot_connections Open HTTP connections.\n# TYPE weixin_robot_connections gauge\nweixin_robot_connections {connections}"
     );
 
-    let h = LATENCY.lock().unwrap_or_else(|p| p.into_inner());
     let name = "weixin_robot_send_duration_seconds";
     let _ = writeln!(
         out,
-        "# HELP {name} Time taken by each request to WeCom.\n# TYPE {name} histogram"
+        "# HELP {name} Time taken by each request to WeCom, by robot.\n# TYPE {name} histogram"
     );
-    for (i, bound) in BUCKETS.iter().enumerate() {
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", h.counts[i]);
+    for (robot, h) in LATENCY.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let robot = label(robot);
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ =
+                writeln!(out, "{name}_bucket{{robot=\"{robot}\",le=\"{bound}\"}} {}", h.counts[i]);
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{robot=\"{robot}\",le=\"+Inf\"}} {}\n{name}_sum{{robot=\"{robot}\"}} {}\n{name}_count{{robot=\"{robot}\"}} {}",
+            h.count, h.sum, h.count
+        );
     }
+
+    let name = "weixin_robot_last_delivery_timestamp_seconds";
     let _ = writeln!(
         out,
-        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-        h.count, h.sum, h.count
+        "# HELP {name} Unix time WeCom last accepted a message, by robot.\n# TYPE {name} gauge"
     );
-    drop(h);
+    for (robot, at) in LAST_DELIVERY.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "{name}{{robot=\"{}\"}} {at:.3}", label(robot));
+    }
+
+    let (ok, at) = *RELOAD.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = writeln!(
+        out,
+        "# HELP weixin_robot_config_last_reload_successful Whether the last configuration load succeeded.\n\
+         # TYPE weixin_robot_config_last_reload_successful gauge\n\
+         weixin_robot_config_last_reload_successful {}\n\
+         # HELP weixin_robot_config_last_reload_success_timestamp_seconds Unix time of the last successful configuration load.\n\
+         # TYPE weixin_robot_config_last_reload_success_timestamp_seconds gauge\n\
+         weixin_robot_config_last_reload_success_timestamp_seconds {at:.3}",
+        u8::from(ok)
+    );
 
     let _ = writeln!(
         out,
@@ -222,5 +264,62 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
         crate::build::TARGET,
         crate::build::GIT_REVISION
     );
+    process(&mut out);
     out
+}
+
+/// The standard `process_*` metrics (as Prometheus client libraries export them), from
+/// /proc/self. Missing files (not Linux) leave them out rather than report zeros.
+fn process(out: &mut String) {
+    let gauge = |out: &mut String, name: &str, kind: &str, help: &str, value: f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    };
+    // SAFETY: sysconf and getrlimit only read process parameters into locals.
+    let (ticks, page, max_fds) = unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur as f64
+        } else {
+            0.0
+        };
+        (libc::sysconf(libc::_SC_CLK_TCK) as f64, libc::sysconf(libc::_SC_PAGESIZE) as f64, max)
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces), starting at field 3 (state).
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect())
+        .unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).copied();
+    let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+        if ticks > 0.0 {
+            let help = "Total user and system CPU time spent in seconds.";
+            gauge(out, "process_cpu_seconds_total", "counter", help, (utime + stime) / ticks);
+        }
+    }
+    if let (Some(start), Some(boot)) = (field(22), boot_time) {
+        if ticks > 0.0 {
+            let help = "Start time of the process since unix epoch in seconds.";
+            gauge(out, "process_start_time_seconds", "gauge", help, boot + start / ticks);
+        }
+    }
+    if let Some(vsize) = field(23) {
+        gauge(out, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", vsize);
+    }
+    if let Some(rss) = field(24) {
+        let help = "Resident memory size in bytes.";
+        gauge(out, "process_resident_memory_bytes", "gauge", help, rss * page);
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        // The directory handle itself is one of the entries.
+        let open = dir.count().saturating_sub(1) as f64;
+        gauge(out, "process_open_fds", "gauge", "Number of open file descriptors.", open);
+    }
+    if max_fds > 0.0 {
+        let help = "Maximum number of open file descriptors.";
+        gauge(out, "process_max_fds", "gauge", help, max_fds);
+    }
 }

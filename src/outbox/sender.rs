@@ -119,7 +119,7 @@ fn run(outbox: &Outbox, live: &Live, settings: &Settings) {
         if matches!(target, Target::WeCom { .. }) {
             limiter.borrow_mut().record(finished);
         }
-        metrics::observe_send_latency(latency);
+        metrics::observe_send_latency(robot, latency);
         let latency_ms = latency.as_millis();
         let bytes = batch.text.len();
         match result {

@@ -110,7 +110,7 @@ fn metrics_count_what_happened() {
         "weixin_robot_messages_failed_total{robot=\"default\",reason=\"errcode\",class=\"rate_limited\",errcode=\"45009\"} 1",
         "weixin_robot_retries_total{robot=\"default\"} 1",
         "weixin_robot_outbox_messages{robot=\"default\"} 0",
-        "weixin_robot_send_duration_seconds_count 2",
+        "weixin_robot_send_duration_seconds_count{robot=\"default\"} 2",
         "weixin_robot_build_info{version=\"",
     ] {
         assert!(m.contains(line), "missing {line:?} in\n{m}");
@@ -354,4 +354,101 @@ fn log_formats_for_collectors() {
             );
         }
     }
+}
+
+/// The value of a sample line `series value` in an exposition.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Issue #16: process metrics, config reload state, last delivery per robot, and the
+/// `robot` label on latency, dedup and superseded.
+#[test]
+fn self_monitoring_metrics() {
+    let fake = FakeWeCom::start();
+    let dir = TempDir::new("selfmon");
+    let config = dir.path().join("config.toml");
+    let good = format!("[robots.ops]\nkey = \"{}\"\n", fake.url());
+    std::fs::write(&config, &good).expect("config");
+    let relay = Relay::start(&["--config", config.to_str().expect("utf8")]);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let body = payload("sm", &[A("sm1", "firing", "SelfMon")]);
+    assert_eq!(relay.post(&body).status, 200);
+    wait_until(Duration::from_secs(10), "delivery", || fake.delivered().len() == 1);
+    assert_eq!(relay.post(&body).status, 200, "a duplicate is still accepted");
+    wait_until(Duration::from_secs(5), "send counted", || {
+        relay.metrics().contains("weixin_robot_send_duration_seconds_count{robot=\"ops\"} 1")
+    });
+    let m = relay.metrics();
+    assert_eq!(sample(&m, "weixin_robot_dedup_hits_total{robot=\"ops\"}"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "weixin_robot_config_last_reload_successful"), Some(1.0));
+    let last = sample(&m, "weixin_robot_last_delivery_timestamp_seconds{robot=\"ops\"}");
+    assert!(last.is_some_and(|t| t >= before - 1.0 && t < before + 60.0), "{last:?}");
+    let started = sample(&m, "process_start_time_seconds").expect("process_start_time_seconds");
+    assert!(started <= before + 1.0 && started > before - 120.0, "{started} vs {before}");
+    let rss = sample(&m, "process_resident_memory_bytes").expect("rss");
+    assert!(rss > 100_000.0 && rss < 1e9, "{rss}");
+    assert!(sample(&m, "process_open_fds").is_some_and(|n| n >= 3.0));
+    assert!(sample(&m, "process_cpu_seconds_total").is_some_and(|s| s >= 0.0));
+
+    // A failed reload flips the gauge and keeps the success timestamp; a good one restores it.
+    let ok_at = sample(&m, "weixin_robot_config_last_reload_success_timestamp_seconds")
+        .expect("reload timestamp");
+    assert!(ok_at >= before - 60.0, "{ok_at}");
+    std::fs::write(&config, "[robots.ops]\nbogus = 1\n").expect("config");
+    relay.signal("HUP");
+    wait_until(Duration::from_secs(10), "failed reload visible", || {
+        sample(&relay.metrics(), "weixin_robot_config_last_reload_successful") == Some(0.0)
+    });
+    let m = relay.metrics();
+    assert_eq!(
+        sample(&m, "weixin_robot_config_last_reload_success_timestamp_seconds"),
+        Some(ok_at)
+    );
+    std::fs::write(&config, &good).expect("config");
+    assert_eq!(post(relay.addr, "/-/reload", b"").status, 200);
+    let m = relay.metrics();
+    assert_eq!(sample(&m, "weixin_robot_config_last_reload_successful"), Some(1.0));
+}
+
+/// Runs promtool with `args`; panics when it is missing (ci/test.sh installs prometheus).
+pub fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut cmd = std::process::Command::new("promtool");
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("promtool (apt-get install prometheus)");
+    if let Some(text) = stdin {
+        child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("promtool output");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// `/metrics` passes `promtool check metrics` (names, types, help, units) after every kind
+/// of series has been created.
+#[test]
+#[ignore = "needs promtool; run by ci/test.sh"]
+fn promtool_check_metrics_is_clean() {
+    let fake = FakeWeCom::start();
+    fake.script([Behave::Errcode(45009)]);
+    let relay =
+        Relay::start(&["--key", &fake.url(), "--rate", "5/500ms", "--retry-initial", "20ms"]);
+    let body = payload("pc", &[A("pc1", "firing", "Promtool")]);
+    assert_eq!(relay.post(&body).status, 200);
+    assert_eq!(relay.post(b"nope").status, 400);
+    wait_until(Duration::from_secs(10), "delivered", || fake.delivered().len() == 1);
+    assert_eq!(relay.post(&body).status, 200);
+    wait_until(Duration::from_secs(5), "counted", || {
+        relay.metrics().contains("weixin_robot_dedup_hits_total{robot=\"default\"} 1")
+    });
+    let (ok, out) = promtool(&["check", "metrics"], Some(&relay.metrics()));
+    assert!(ok && out.trim().is_empty(), "promtool check metrics:\n{out}");
 }
