@@ -662,27 +662,161 @@ mod tests {
         out
     }
 
-    /// The man page, generated from [`FLAGS`] like `--help`.
+    /// Sections of the man page beyond the flags and commands, in a tiny markup: a blank
+    /// line starts a paragraph, `TERM :: text` is a tagged paragraph, `- text` a bullet.
+    const MAN_SECTIONS: &[(&str, &str)] = &[
+        (
+            "CONFIG FILE",
+            "--config FILE names robots and routes notifications to them. The format is a strict \
+             subset of TOML; unknown keys and mistakes stop start-up with exit status 2 and the \
+             line. A commented example is /usr/share/doc/weixin-robot/config.example.toml.\n\n\
+             default_robot = NAME :: the robot for notifications no route picks (needed with \
+             several robots unless one is called default).\n\
+             route_label = LABEL :: a group label (else common label, else the first alert's \
+             label) whose value names the robot; default wecom_robot.\n\
+             [robots.NAME] :: one robot: key or key_file (the webhook URL or bare key), rate \
+             (N/DURATION), msgtype (markdown, markdown_v2 or text), template (a file, see \
+             TEMPLATES), mention_users, mention_mobiles, mention_all.\n\
+             [[mentions]] :: label, value, users, mobiles, all, robot: whom to @-mention when a \
+             firing alert carries label=value.\n\n\
+             A notification goes to the robot named in the path (POST /alertinfo/NAME), else to \
+             the one named by route_label, else to default_robot. --key or KEY next to a file \
+             adds a robot named default. Preview what a robot sends with \
+             weixin-robot render --config FILE --robot NAME PAYLOAD.",
+        ),
+        (
+            "TEMPLATES",
+            "template = FILE in a robot's table replaces the built-in layout. The file has a \
+             required [alert] section, rendered once per alert, and optional [firing_heading] and \
+             [resolved_heading] sections.\n\n\
+             {{labels.NAME}}, {{annotations.NAME}} :: the alert's, else the group's common ones, \
+             else -.\n\
+             {{status}}, {{starts_at}}, {{ends_at}}, {{generator_url}}, {{fingerprint}}, \
+             {{colour}} :: the alert's fields; times in --tz.\n\
+             {{count}} :: in headings: the number of alerts.\n\
+             {{#firing}}...{{/firing}}, {{#resolved}}...{{/resolved}} :: text kept only for \
+             alerts of that status.\n\n\
+             Values are escaped like the built-in layout's; splitting, merging and the robot's \
+             msgtype apply as usual. A mistake is reported with its line when the file loads. \
+             A complete example is /usr/share/doc/weixin-robot/template.example.txt. While \
+             iterating, use render (or --dedup-window 0s, so the same test payload is not \
+             answered as a duplicate).",
+        ),
+        (
+            "SIGNALS",
+            "SIGHUP :: reload --config and the key files through the same checks as start-up; \
+             a bad file is refused and the old configuration stays (logged, and \
+             weixin_robot_config_last_reload_successful becomes 0).\n\
+             SIGTERM, SIGINT :: stop accepting (503), keep delivering for --grace, then exit 0. \
+             What is left stays in the --state-dir spool, or is reported as lost without one.",
+        ),
+        (
+            "HTTP ENDPOINTS",
+            "POST /alertinfo :: an Alertmanager webhook notification: 200 queued or duplicate; \
+             400 bad JSON; 401 without credentials when auth is on; 413 over --max-body; 503 \
+             when the outbox is full or the relay is shutting down (Alertmanager retries).\n\
+             POST /alertinfo/NAME :: the same, for robot NAME (404 when there is none).\n\
+             GET /healthz, GET /-/healthy :: 200 while the process serves.\n\
+             GET /-/ready :: 200, or 503 while the outbox is full or the relay is shutting down.\n\
+             GET /metrics :: Prometheus metrics (weixin_robot_* and process_*).\n\
+             POST /-/reload :: like SIGHUP; 500 with the reason when the files are bad.",
+        ),
+        (
+            "ENVIRONMENT",
+            "Every option above names its environment variable; the command line wins. A bad \
+             value from the environment is reported with the variable's name.\n\n\
+             RUST_LOG :: the log level (default info).\n\
+             HTTPS_PROXY, NO_PROXY :: honoured for requests to WeCom.",
+        ),
+        (
+            "FILES",
+            "/etc/weixin-robot/ :: the key file, the --config file and the key files it names.\n\
+             /etc/default/weixin-robot, /etc/sysconfig/weixin-robot :: environment of the \
+             systemd service (Debian, RPM).\n\
+             /var/lib/weixin-robot/ :: the outbox spool (--state-dir): queue/, failed/ (dropped \
+             messages), corrupt/.\n\
+             /usr/share/doc/weixin-robot/ :: README.md, config.example.toml, \
+             template.example.txt.",
+        ),
+        (
+            "EXIT STATUS",
+            "0 :: clean shutdown, or the command succeeded.\n\
+             1 :: runtime failure: cannot listen, spool unusable, a payload rejected by render, \
+             WeCom refused send-test, the relay did not answer healthcheck.\n\
+             2 :: invalid command line, environment or configuration.",
+        ),
+    ];
+
+    /// Roff for [`MAN_SECTIONS`]' markup.
+    fn man_markup(text: &str, esc: &dyn Fn(&str) -> String) -> String {
+        let mut out = String::new();
+        for (i, para) in text.split("\n\n").enumerate() {
+            if i > 0 {
+                out.push_str(".PP\n");
+            }
+            for line in para.lines() {
+                match line.split_once(" :: ") {
+                    Some((term, body)) => {
+                        out.push_str(&format!(".TP\n.B {}\n{}\n", esc(term), esc(body)))
+                    }
+                    None => out.push_str(&format!("{}\n", esc(line))),
+                }
+            }
+        }
+        out
+    }
+
+    /// The man page, generated from [`FLAGS`] and [`COMMANDS`] like `--help`.
     fn man_page() -> String {
         let esc = |t: &str| t.replace('\\', "\\e").replace('-', "\\-");
+        let flag_name = |flag: &Flag| {
+            let mut s = String::new();
+            if let Some(short) = flag.short {
+                s.push_str(&format!("{}, ", esc(short)));
+            }
+            s.push_str(&esc(flag.long));
+            if let Some(value) = flag.value {
+                s.push_str(&format!(" \\fI{}\\fR", esc(value)));
+            }
+            s
+        };
         let mut out = String::from(
             ".TH WEIXIN-ROBOT 1 \"\" \"weixin-robot\" \"User Commands\"\n\
              .SH NAME\nweixin\\-robot \\- relay Prometheus Alertmanager webhooks to WeCom group robots\n\
-             .SH SYNOPSIS\n.B weixin\\-robot\n[\\fIOPTIONS\\fR]\n.br\n.B weixin\\-robot render\n[\\fIFILE\\fR|\\-] [\\-\\-tz \\fIOFFSET\\fR]\n.br\n.B weixin\\-robot send\\-test\n\\-\\-key\\-file \\fIPATH\\fR\n\
-             .SH DESCRIPTION\nAccepts Alertmanager webhook notifications on \\fBPOST /alertinfo\\fR and delivers them \
-             to a WeCom (企业微信) group robot as markdown messages, within WeCom's rate limit, \
-             with retries, deduplication and an optional on-disk outbox.\n.SH OPTIONS\n",
+             .SH SYNOPSIS\n.B weixin\\-robot\n\\-\\-key\\-file \\fIPATH\\fR [\\fIOPTIONS\\fR]\n.br\n\
+             .B weixin\\-robot\n\\-\\-config \\fIFILE\\fR [\\fIOPTIONS\\fR]\n",
         );
-        for flag in FLAGS {
-            out.push_str(".TP\n.B ");
-            if let Some(short) = flag.short {
-                out.push_str(&format!("{}, ", esc(short)));
+        for doc in COMMANDS {
+            out.push_str(&format!(".br\n.B weixin\\-robot {}\n", esc(doc.name)));
+            if !doc.args.is_empty() {
+                out.push_str(&format!("\\fI{}\\fR ", esc(doc.args)));
             }
-            out.push_str(&esc(flag.long));
-            if let Some(value) = flag.value {
-                out.push_str(&format!(" \\fI{}\\fR", esc(value)));
+            if doc.flags.is_empty() {
+                out.push('\n');
+            } else {
+                out.push_str("[\\fIOPTIONS\\fR]\n");
+            }
+        }
+        out.push_str(
+            ".SH DESCRIPTION\nAccepts Alertmanager webhook notifications on \\fBPOST /alertinfo\\fR and delivers them \
+             to WeCom (企业微信) group robots as markdown messages, within WeCom's rate limit, \
+             with retries, deduplication and an optional on\\-disk outbox.\n.SH COMMANDS\n",
+        );
+        for doc in COMMANDS {
+            out.push_str(&format!(".TP\n.B {}", esc(doc.name)));
+            if !doc.args.is_empty() {
+                out.push_str(&format!(" \\fI{}\\fR", esc(doc.args)));
+            }
+            out.push_str(&format!("\n{}.", esc(doc.about)));
+            if !doc.flags.is_empty() {
+                let flags: Vec<String> = doc.flags.iter().map(|f| esc(f)).collect();
+                out.push_str(&format!(" Options: {}.", flags.join(", ")));
             }
             out.push('\n');
+        }
+        out.push_str(".SH OPTIONS\n");
+        for flag in FLAGS {
+            out.push_str(&format!(".TP\n.B {}\n", flag_name(flag)));
             out.push_str(&esc(flag.help));
             let mut extra = Vec::new();
             if let Some(d) = flag.default {
@@ -696,14 +830,39 @@ mod tests {
             }
             out.push('\n');
         }
-        out.push_str(
-            ".SH EXIT STATUS\n0 clean shutdown, 1 runtime failure, 2 invalid command line or configuration.\n\
-             .SH ENVIRONMENT\n\\fBRUST_LOG\\fR sets the log level (default info). \
-             \\fBHTTPS_PROXY\\fR, \\fBNO_PROXY\\fR are honoured.\n\
-             .SH FILES\n/etc/weixin\\-robot/key, /etc/default/weixin\\-robot or /etc/sysconfig/weixin\\-robot, \
-             /var/lib/weixin\\-robot (outbox spool).\n.SH SEE ALSO\n/usr/share/doc/weixin\\-robot/README.md\n",
-        );
+        for (title, text) in MAN_SECTIONS {
+            out.push_str(&format!(".SH {title}\n"));
+            out.push_str(&man_markup(text, &esc));
+        }
+        out.push_str(".SH SEE ALSO\n/usr/share/doc/weixin\\-robot/README.md\n");
         out
+    }
+
+    #[test]
+    fn man_page_has_every_section_and_command() {
+        let man = man_page();
+        for section in [
+            "SYNOPSIS",
+            "COMMANDS",
+            "OPTIONS",
+            "CONFIG FILE",
+            "TEMPLATES",
+            "SIGNALS",
+            "HTTP ENDPOINTS",
+            "FILES",
+            "EXIT STATUS",
+        ] {
+            assert!(man.contains(&format!("\n.SH {section}\n")), "{section}");
+        }
+        let synopsis =
+            &man[man.find(".SH SYNOPSIS").unwrap_or(0)..man.find(".SH DESCRIPTION").unwrap_or(0)];
+        for doc in COMMANDS {
+            assert!(
+                synopsis.contains(&format!(".B weixin\\-robot {}\n", doc.name.replace('-', "\\-"))),
+                "{}",
+                doc.name
+            );
+        }
     }
 
     #[test]
