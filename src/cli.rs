@@ -652,12 +652,13 @@ mod tests {
                 (Some(short), None) => format!("`{short}`, `{}`", flag.long),
                 (None, Some(value)) => format!("`{} {value}`", flag.long),
                 (None, None) => format!("`{}`", flag.long),
-            };
+            }
+            .replace('|', "\\|");
             let env = flag.env.map_or_else(String::new, |e| format!("`{e}`"));
             let default = flag.default.map_or_else(String::new, |d| format!("`{d}`"));
             let row =
                 format!("| {name} | {env} | {default} | {} |\n", flag.help.replace('|', "\\|"));
-            out.push_str(&row.replace("URL|KEY", "URL\\|KEY"));
+            out.push_str(&row);
         }
         out
     }
