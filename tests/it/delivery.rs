@@ -176,7 +176,7 @@ fn duplicates_within_the_window_are_sent_once() {
     wait_until(Duration::from_secs(10), "second resolved delivered", || {
         fake.delivered().len() == 3
     });
-    assert!(relay.metrics().contains("weixin_robot_dedup_hits_total 1"));
+    assert!(relay.metrics().contains("weixin_robot_dedup_hits_total{robot=\"default\"} 1"));
 
     // --dedup-window 0 disables it.
     let fake2 = FakeWeCom::start();
@@ -220,7 +220,7 @@ fn resolved_overtakes_queued_firing_for_the_same_alerts() {
         &[("o1", "firing"), ("x1", "resolved"), ("x2", "firing")]
             .map(|(f, s)| (f.to_string(), s.to_string())),
     );
-    assert!(relay.metrics().contains("weixin_robot_superseded_total 1"));
+    assert!(relay.metrics().contains("weixin_robot_superseded_total{robot=\"default\"} 1"));
 }
 
 #[test]
