@@ -6,15 +6,13 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use crate::alertmanager::{self, Payload};
+use crate::alertmanager::{self, Alert, Payload, Status};
 use crate::config::Config;
+use crate::config_file::MentionEntry;
 use crate::intake;
-use crate::outbox;
+use crate::outbox::split::{cut_utf8, split};
+use crate::render;
 use crate::robots::RobotConfig;
-use crate::routing::{Robot, Robots};
 use crate::time::TzOffset;
 use crate::time::{format_time, Timestamp};
 use crate::wecom::{self, SendError};
@@ -42,19 +40,21 @@ pub fn render(config: &Config, path: Option<&Path>) -> Result<(), String> {
     // The same checks the relay applies (JSON depth, then the payload itself).
     intake::prepare(&body, config.tz).map_err(|e| format!("payload rejected: {e}"))?;
     let payload = alertmanager::parse(&body).map_err(|e| format!("payload rejected: {e}"))?;
-    let robots = routing_for_render(config)?;
-    let robot = match &config.robot {
-        Some(name) => robots.named(name).ok_or_else(|| format!("no robot named {name:?}"))?,
-        None => robots.pick(&payload),
+    let rc = match &config.robot {
+        Some(name) => config
+            .robots
+            .iter()
+            .find(|r| &r.name == name)
+            .ok_or_else(|| format!("no robot named {name:?}"))?,
+        None => routed(config, &payload),
     };
-    let rc = config.robots.iter().find(|r| r.name == robot.name).ok_or("robot vanished")?;
     eprintln!(
         "robot {}: msgtype {:?}, template {}",
         rc.name,
         rc.msgtype,
         if rc.template.is_some() { "from the config file" } else { "built-in" }
     );
-    let parts = messages_for(&payload, config.tz, &robots, robot, rc);
+    let parts = messages_for(&payload, config.tz, rc, &mentions(config, rc, &payload));
     for (i, part) in parts.iter().enumerate() {
         println!("----- message {}/{} ({} bytes) -----", i + 1, parts.len(), part.len());
         println!("{part}");
@@ -62,56 +62,85 @@ pub fn render(config: &Config, path: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
-/// The robot set as the relay routes it, each robot with an in-memory outbox that is never
-/// used: routing and mentions need the same `Robots` the server has.
-fn routing_for_render(config: &Config) -> Result<Robots, String> {
-    let robots = config
-        .robots
-        .iter()
-        .map(|rc| {
-            let outbox = outbox::Outbox::new(
-                outbox::Limits { max_messages: 1, max_bytes: 1, dedup_window: Duration::ZERO },
-                None,
-            );
-            Arc::new(Robot {
-                name: rc.name.clone(),
-                outbox: Arc::new(outbox),
-                live: Arc::new(Mutex::new((outbox::sender::Target::Stdout, rc.rate, rc.msgtype))),
-                mention: Mutex::new(rc.mention.clone()),
-                template: Mutex::new(rc.template.clone()),
-            })
-        })
-        .collect();
-    Robots::new(
-        robots,
-        &config.default_robot,
-        config.route_label.clone(),
-        config.mention_rules.clone(),
-    )
-    .ok_or_else(|| format!("no robot named {:?}", config.default_robot))
+// The three functions below restate, for one payload and no queue, what the relay does when
+// it routes, renders and mentions (`routing::Robots::pick`, `Robots::mentions_for`, the
+// outbox's message composition). They are kept apart from those on purpose: render needs no
+// outbox, sender or key. `tests/it/operability.rs` runs the relay and render on the same
+// payload and config and requires identical messages, so the two cannot drift apart unseen.
+
+/// The robot routing picks: the one named by the routing label in the group labels, the
+/// common labels or the first alert, else the default robot.
+fn routed<'a>(config: &'a Config, payload: &Payload) -> &'a RobotConfig {
+    let label = config.route_label.as_str();
+    let value = payload
+        .group_labels
+        .get(label)
+        .or_else(|| payload.common_labels.get(label))
+        .or_else(|| payload.alerts.first().and_then(|a| a.labels.get(label)));
+    let named = |name: &str| config.robots.iter().find(|r| r.name == name);
+    value.and_then(named).or_else(|| named(&config.default_robot)).unwrap_or(&config.robots[0])
 }
 
-/// What `intake::accept` queues for this robot: the content parts, then the mention message
-/// (shown as the JSON body it is sent as).
+/// Who is @-mentioned: the robot's own list plus every matching `[[mentions]]` rule, for
+/// notifications with a firing alert only.
+fn mentions(config: &Config, rc: &RobotConfig, payload: &Payload) -> MentionEntry {
+    let firing: Vec<&Alert> =
+        payload.alerts.iter().filter(|a| a.status == Status::Firing).collect();
+    if firing.is_empty() {
+        return MentionEntry::default();
+    }
+    let mut out = rc.mention.clone();
+    for rule in &config.mention_rules {
+        if rule.robot.as_ref().is_some_and(|r| r != &rc.name) {
+            continue;
+        }
+        let matches = firing.iter().any(|a| {
+            a.labels.get(&rule.label).or_else(|| payload.common_labels.get(&rule.label))
+                == Some(rule.value.as_str())
+        });
+        if matches {
+            out.users.extend(rule.mention.users.iter().cloned());
+            out.mobiles.extend(rule.mention.mobiles.iter().cloned());
+            out.all |= rule.mention.all;
+        }
+    }
+    out.users.sort();
+    out.users.dedup();
+    out.mobiles.sort();
+    out.mobiles.dedup();
+    out
+}
+
+/// The messages: the robot's layout in its message type, split at its size limit, then the
+/// @-mention `text` message shown as the JSON body it is posted as.
 fn messages_for(
     payload: &Payload,
     tz: TzOffset,
-    robots: &Robots,
-    robot: &Robot,
     rc: &RobotConfig,
+    mention: &MentionEntry,
 ) -> Vec<String> {
-    let mut parts = intake::build(payload, tz, rc.msgtype, rc.template.as_deref(), None).parts;
-    let mention = robots.mentions_for(robot, payload);
+    let doc = match &rc.template {
+        Some(t) => t.render(payload, tz),
+        None => render::render(payload, tz),
+    };
+    let mut parts = split(&render::adapt(doc, rc.msgtype), rc.msgtype.limit());
     if mention.all || !mention.users.is_empty() || !mention.mobiles.is_empty() {
-        parts.push(intake::mention_piece(payload, &mention));
+        let mut names: Vec<&str> = payload
+            .alerts
+            .iter()
+            .filter(|a| a.status == Status::Firing)
+            .filter_map(|a| {
+                a.labels.get("alertname").or_else(|| payload.common_labels.get("alertname"))
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let firing = payload.alerts.iter().filter(|a| a.status == Status::Firing).count();
+        let text = format!("【告警通知】{firing} 条告警待处理: {}", names.join(", "));
+        let content = cut_utf8(&text, wecom::TEXT_MAX_BYTES);
+        parts.push(wecom::text_body(content, &mention.users, &mention.mobiles, mention.all));
     }
     parts
-        .into_iter()
-        .map(|p| match p.strip_prefix(outbox::RAW_BODY_MARKER) {
-            Some(json) => json.to_string(),
-            None => p,
-        })
-        .collect()
 }
 
 /// The robot `send-test` and `render` use: `--robot`, else the default one.

@@ -53,7 +53,7 @@ fn parse(body: &[u8]) -> Result<Payload, Rejected> {
 }
 
 /// Renders and splits a parsed notification into an outbox item.
-pub fn build(
+fn build(
     payload: &Payload,
     tz: TzOffset,
     msgtype: MsgType,
@@ -142,7 +142,7 @@ pub fn accept(
 }
 
 /// A short `text` message that @-mentions people, sent right after the notification.
-pub fn mention_piece(payload: &Payload, mention: &crate::config_file::MentionEntry) -> String {
+fn mention_piece(payload: &Payload, mention: &crate::config_file::MentionEntry) -> String {
     let mut names: Vec<&str> = payload
         .alerts
         .iter()

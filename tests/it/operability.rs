@@ -288,6 +288,16 @@ fn render_with_config_prints_what_the_robot_sends() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(rendered_messages(&out), sent[2..], "dba");
 
+    // Routed by the label, as the relay would.
+    let labelled = String::from_utf8(body.clone())
+        .expect("utf8")
+        .replace("\"labels\":{", "\"labels\":{\"wecom_robot\":\"dba\",");
+    std::fs::write(&json, labelled).expect("payload");
+    let (code, out, err) = run_to_exit(&["render", "--config", config_s, json_s], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("robot dba: msgtype Text"), "{err}");
+    assert!(!out.contains("zhangsan") && !out.contains("**"), "{out}");
+
     let (code, _, err) = run_to_exit(&["render", "--config", config_s, "--robot", "nope"], &[]);
     assert_eq!(code, Some(2));
     assert!(err.contains("invalid --robot: no such robot (robots: ops, dba)"), "{err}");
