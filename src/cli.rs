@@ -523,8 +523,15 @@ pub fn parse_args(
         let Some(var) = flag.env else { continue };
         let Some(value) = env(var).filter(|v| !v.is_empty()) else { continue };
         if flag.value.is_none() {
-            if is_truthy(&value) {
-                set_switch(&mut raw, flag.long);
+            match switch_value(&value) {
+                Some(true) => set_switch(&mut raw, flag.long),
+                Some(false) => {}
+                None => {
+                    return Err(Error::InvalidEnv {
+                        var,
+                        reason: "expected 1, true, yes, on or 0, false, no, off".into(),
+                    })
+                }
             }
         } else {
             raw.values.push((flag.long, value, Source::Env(var)));
@@ -574,8 +581,13 @@ fn set_switch(raw: &mut RawArgs, long: &str) {
     }
 }
 
-fn is_truthy(v: &str) -> bool {
-    matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")
+/// A switch set through the environment: `None` when the value means neither.
+fn switch_value(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
 }
 
 /// One flag's line in `--help`.

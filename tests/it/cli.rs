@@ -209,6 +209,7 @@ fn errors_name_the_environment_variable_and_duration_units() {
         (&["-k", "k", "--port", "abc"], &[], "invalid --port: "),
         (&["-k", "k"], &[("WEIXIN_ROBOT_TIMEOUT", "10")], "invalid WEIXIN_ROBOT_TIMEOUT (environment): \"10\" has no unit (use a unit: ms, s, m, h, d or w"),
         (&["-k", "k", "--grace", "30"], &[], "invalid --grace: \"30\" has no unit"),
+        (&[], &[("WEIXIN_ROBOT_DRY_RUN", "maybe")], "invalid WEIXIN_ROBOT_DRY_RUN (environment)"),
         (&["-k", "k", "--retry-max", "5parsecs"], &[], "unknown unit"),
         (&["-k", "k"], &[("WEIXIN_ROBOT_LOG_FORMAT", "xml")], "invalid WEIXIN_ROBOT_LOG_FORMAT (environment): expected text, logfmt or json"),
     ];
