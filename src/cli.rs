@@ -654,6 +654,7 @@ pub fn help_text(command: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStringExt;
 
     /// The README's flag table, generated from [`FLAGS`] (a unit test keeps README.md in step).
     pub fn markdown_table() -> String {
@@ -912,6 +913,43 @@ mod tests {
             return;
         }
         assert_eq!(current, want, "README flag table is stale: UPDATE_DOCS=1 cargo test readme");
+    }
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<RawArgs, Error> {
+        let env: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        parse_args(args.iter().map(Into::into).collect(), &move |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn value_forms_and_sources() -> Result<(), Error> {
+        let raw = parse(&["--tz=-05:30", "-p6001", "--listen", "::1", "-k=abc"], &[])?;
+        assert_eq!(raw.get("--tz"), Some("-05:30"));
+        assert_eq!(raw.get("--port"), Some("6001"));
+        assert_eq!(raw.get("--listen"), Some("::1"));
+        assert_eq!(raw.get("--key"), Some("abc"));
+        let raw = parse(&["--tz", "-05:30"], &[("PORT", "7"), ("WEIXIN_ROBOT_TZ", "Z")])?;
+        assert_eq!(
+            (raw.get("--tz"), raw.source("--tz")),
+            (Some("-05:30"), Some(Source::CommandLine))
+        );
+        assert_eq!(
+            (raw.get("--port"), raw.source("--port")),
+            (Some("7"), Some(Source::Env("PORT")))
+        );
+        let raw = parse(&["render", "--", "-"], &[])?;
+        assert_eq!(raw.command, Command::Render(None));
+        let raw = parse(&["render", "--", "-file.json"], &[])?;
+        assert_eq!(raw.command, Command::Render(Some(PathBuf::from("-file.json"))));
+        // Flags a command does not take are not read from the environment either.
+        let raw = parse(&["healthcheck"], &[("KEY", "x"), ("PORT", "9")])?;
+        assert_eq!((raw.get("--key"), raw.get("--port")), (None, Some("9")));
+        let bad = std::ffi::OsString::from_vec(vec![0xff]);
+        let err = parse_args(vec![bad], &|_| None).map(|_| ()).map_err(|e| e.to_string());
+        assert_eq!(err, Err("an argument is not valid UTF-8".to_string()));
+        Ok(())
     }
 
     #[test]
