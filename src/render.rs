@@ -1,9 +1,11 @@
 //! `&Payload` → a WeCom markdown [`Document`]: sections, one block per alert, fixed time zone.
 //!
 //! The layout keeps the fields people know from the old tool (告警项目, 告警名称, 告警主题,
-//! 告警级别, 告警时间, 故障实例/名称空间, 恢复时间, 告警详情), but renders one document per
-//! notification with firing and resolved alerts in separate sections. Each alert is a
-//! self-contained block so `outbox::split` can cut a long document at alert boundaries.
+//! 告警级别, 告警时间, 故障实例, 名称空间, 恢复时间, 告警详情), adds what an on-call engineer
+//! acts on (Pod, 容器, 节点, 采集任务, 持续时间, links to silence the alert and to its runbook),
+//! and renders one document per notification with firing and resolved alerts in separate
+//! sections. Each alert is a self-contained block so `outbox::split` can cut a long document at
+//! alert boundaries.
 //!
 //! Invariant: text that comes from labels and annotations goes through [`escape`], so it can
 //! neither break the layout (newlines, quotes) nor inject `<font>` or `<@user>` markup.
@@ -14,7 +16,7 @@
 use std::fmt::Write;
 
 use crate::alertmanager::{Alert, Payload, Status};
-use crate::time::{format_time, TzOffset};
+use crate::time::{format_time, Timestamp, TzOffset};
 use crate::wecom::MsgType;
 
 /// A rendered notification, before splitting into messages.
@@ -98,6 +100,20 @@ pub fn render(payload: &Payload, tz: TzOffset) -> Document {
     Document { sections, footer }
 }
 
+/// The display offset most groups expect; any other `--tz` is written next to each time.
+const DEFAULT_TZ_SECONDS: i32 = 8 * 3600;
+
+/// Labels that locate the problem, shown (when present) after 故障实例 in this order. The old
+/// tool showed 名称空间 only when `instance` was missing; on Kubernetes `instance` is usually the
+/// exporter's scrape address, so the workload labels are what the reader needs.
+const PLACE_LABELS: [(&str, &str); 5] = [
+    ("namespace", "名称空间"),
+    ("pod", "Pod"),
+    ("container", "容器"),
+    ("node", "节点"),
+    ("job", "采集任务"),
+];
+
 fn render_alert(alert: &Alert, payload: &Payload, tz: TzOffset) -> String {
     // A field missing on the alert falls back to the group's common value, then to "-".
     let label = |name: &str| alert.labels.get(name).or_else(|| payload.common_labels.get(name));
@@ -117,19 +133,114 @@ fn render_alert(alert: &Alert, payload: &Payload, tz: TzOffset) -> String {
     line("告警主题", or_dash(&escape(annotation("summary").unwrap_or(""))));
     let severity = or_dash(&escape(label("severity").unwrap_or("")));
     line("告警级别", format!("<font color=\"{colour}\">{severity}</font>"));
-    line("告警时间", alert.starts_at.map_or_else(|| "-".to_string(), |t| format_time(t, tz)));
+    line("告警时间", alert.starts_at.map_or_else(|| "-".to_string(), |t| show_time(t, tz)));
     if let Some(instance) = label("instance") {
         line("故障实例", escape(instance));
-    } else if let Some(namespace) = label("namespace") {
-        line("名称空间", escape(namespace));
+    }
+    for (name, title) in PLACE_LABELS {
+        if let Some(value) = label(name) {
+            line(title, escape(value));
+        }
     }
     if alert.status == Status::Resolved {
-        line("恢复时间", alert.ends_at.map_or_else(|| "-".to_string(), |t| format_time(t, tz)));
+        line("恢复时间", alert.ends_at.map_or_else(|| "-".to_string(), |t| show_time(t, tz)));
+        if let Some(lasted) = duration(alert) {
+            line("持续时间", lasted);
+        }
     }
     let detail = annotation("description").or_else(|| annotation("message")).unwrap_or("");
     line("告警详情", or_dash(&escape(detail)));
+    let mut links = Vec::new();
     if let Some(url) = alert.generator_url.as_deref().and_then(safe_url) {
-        let _ = write!(out, "\n> [查看详情]({url})");
+        links.push(format!("[查看详情]({url})"));
+    }
+    if alert.status == Status::Firing {
+        if let Some(url) = silence_url(alert, payload) {
+            links.push(format!("[静默此告警]({url})"));
+        }
+    }
+    if let Some(url) = annotation("runbook_url").and_then(safe_url) {
+        links.push(format!("[处理手册]({url})"));
+    }
+    if !links.is_empty() {
+        let _ = write!(out, "\n> {}", links.join(LINK_SEPARATOR));
+    }
+    out
+}
+
+/// Between the links of one line; `text` turns each link into a line of its own.
+const LINK_SEPARATOR: &str = " · ";
+
+/// A time in the display offset, with the offset written out when it is not the usual +08:00,
+/// so a group spread over time zones reads it right.
+pub fn show_time(t: Timestamp, tz: TzOffset) -> String {
+    if tz.seconds == DEFAULT_TZ_SECONDS {
+        format_time(t, tz)
+    } else {
+        format!("{} (UTC{tz})", format_time(t, tz))
+    }
+}
+
+/// How long a resolved alert lasted (`endsAt - startsAt`), as `1小时5分`; `None` for a firing
+/// alert (rendering has no clock), a missing time, or an end before the start.
+pub fn duration(alert: &Alert) -> Option<String> {
+    if alert.status != Status::Resolved {
+        return None;
+    }
+    let (start, end) = (alert.starts_at?, alert.ends_at?);
+    let secs = end.unix_seconds.checked_sub(start.unix_seconds)?;
+    (secs >= 0).then(|| format_duration(secs.unsigned_abs()))
+}
+
+/// `45秒`, `5分30秒`, `1小时5分`, `2天3小时`: seconds only under an hour, zero parts left out.
+pub fn format_duration(secs: u64) -> String {
+    let (days, hours, minutes, seconds) =
+        (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    for (n, unit) in [(days, "天"), (hours, "小时"), (minutes, "分")] {
+        if n > 0 {
+            let _ = write!(out, "{n}{unit}");
+        }
+    }
+    if secs < 3600 && (seconds > 0 || out.is_empty()) {
+        let _ = write!(out, "{seconds}秒");
+    }
+    out
+}
+
+/// Alertmanager's "new silence" page with this alert's labels as the filter:
+/// `externalURL/#/silences/new?filter={a="1",b="2"}`, percent-encoded. `None` without an
+/// http(s) `externalURL` or without labels.
+pub fn silence_url(alert: &Alert, payload: &Payload) -> Option<String> {
+    let base = payload.external_url.as_deref().and_then(safe_url)?;
+    if alert.labels.0.is_empty() {
+        return None;
+    }
+    let mut filter = String::from("{");
+    for (i, (name, value)) in alert.labels.0.iter().enumerate() {
+        if i > 0 {
+            filter.push(',');
+        }
+        let value = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let _ = write!(filter, "{name}=\"{value}\"");
+    }
+    filter.push('}');
+    Some(format!(
+        "{}/#/silences/new?filter={}",
+        base.trim_end_matches('/'),
+        percent_encode(&filter)
+    ))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
     }
     out
 }
@@ -177,10 +288,17 @@ fn plain_text(s: &str) -> String {
         .map(|line| {
             let line = line.strip_prefix("## ").or_else(|| line.strip_prefix("> ")).unwrap_or(line);
             let line = line.replace("**", "");
-            match (line.find("]("), line.starts_with('[') && line.ends_with(')')) {
-                (Some(mid), true) => {
-                    format!("{}: {}", &line[1..mid], &line[mid + 2..line.len() - 1])
-                }
+            match line.strip_prefix('[').and_then(|l| l.strip_suffix(')')) {
+                // A line of links, `[a](u) · [b](v)`, becomes `a: u` and `b: v` on lines of
+                // their own.
+                Some(inner) if inner.contains("](") => inner
+                    .split(&format!("){LINK_SEPARATOR}["))
+                    .map(|link| match link.split_once("](") {
+                        Some((text, url)) => format!("{text}: {url}"),
+                        None => link.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
                 _ => line,
             }
         })
@@ -294,6 +412,64 @@ mod tests {
         assert!(text.contains("\n查看详情: http://prometheus:9090/graph?"), "{text}");
         assert!(!text.contains("**") && !text.contains("> ") && !text.contains("<font"), "{text}");
         Ok(())
+    }
+
+    #[test]
+    fn durations_read_like_people_say_them() {
+        for (secs, want) in [
+            (0, "0秒"),
+            (45, "45秒"),
+            (300, "5分"),
+            (330, "5分30秒"),
+            (3600, "1小时"),
+            (3900, "1小时5分"),
+            (3959, "1小时5分"),
+            (86_400 * 2 + 3 * 3600, "2天3小时"),
+            (86_400 + 61, "1天1分"),
+        ] {
+            assert_eq!(format_duration(secs), want, "{secs}");
+        }
+    }
+
+    #[test]
+    fn offset_is_shown_unless_it_is_the_usual_one() -> Result<(), String> {
+        let t = parse_rfc3339("2024-05-01T12:00:00Z").ok_or("time")?;
+        assert_eq!(show_time(t, CST), "2024-05-01 20:00:00");
+        assert_eq!(show_time(t, TzOffset { seconds: 0 }), "2024-05-01 12:00:00 (UTC+00:00)");
+        assert_eq!(
+            show_time(t, TzOffset { seconds: -(5 * 3600 + 1800) }),
+            "2024-05-01 06:30:00 (UTC-05:30)"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn silence_link_carries_every_label_encoded() -> Result<(), String> {
+        let p = parse(
+            br#"{"externalURL":"http://am:9093/","alerts":[{"labels":{"alertname":"A","x":"say \"hi\" & <b>"}}]}"#,
+        )
+        .map_err(|e| e.to_string())?;
+        assert_eq!(
+            silence_url(&p.alerts[0], &p).as_deref(),
+            Some("http://am:9093/#/silences/new?filter=%7Balertname%3D%22A%22%2Cx%3D%22say%20%5C%22hi%5C%22%20%26%20%3Cb%3E%22%7D")
+        );
+        // No http(s) externalURL, no link.
+        for bad in ["", "javascript:alert(1)", "am:9093"] {
+            let body = format!(r#"{{"externalURL":"{bad}","alerts":[{{"labels":{{"a":"1"}}}}]}}"#);
+            let p = parse(body.as_bytes()).map_err(|e| e.to_string())?;
+            assert_eq!(silence_url(&p.alerts[0], &p), None, "{bad}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn text_puts_each_link_on_its_own_line() {
+        assert_eq!(
+            plain_text(
+                "> [查看详情](http://p/g) · [静默此告警](http://a/#/s) · [处理手册](https://r)"
+            ),
+            "查看详情: http://p/g\n静默此告警: http://a/#/s\n处理手册: https://r"
+        );
     }
 
     #[test]

@@ -38,7 +38,8 @@ fn wecom_receives_exactly_this_json() {
         > 告警时间: 2024-05-01 20:00:00\n\
         > 故障实例: 10.0.0.1:9100\n\
         > 告警详情: down for 5m\n\
-        > [查看详情](http://prom:9090/graph?g0.expr=up)";
+        > [查看详情](http://prom:9090/graph?g0.expr=up) · \
+        [静默此告警](http://am:9093/#/silences/new?filter=%7Balertname%3D%22InstanceDown%22%2Cinstance%3D%2210.0.0.1%3A9100%22%2Cproject%3D%22ops%22%2Cseverity%3D%22critical%22%7D)";
     assert_eq!(got.body, json!({"msgtype": "markdown", "markdown": {"content": content}}));
 }
 
