@@ -91,13 +91,18 @@ pub fn render(payload: &Payload, tz: TzOffset) -> Document {
             alerts: vec![format!("> 告警分组: {}", or_dash(&escape(&payload.group_key)))],
         });
     }
-    let footer = (payload.truncated_alerts > 0).then(|| {
+    Document { sections, footer: truncated_footer(payload) }
+}
+
+/// The last line when Alertmanager truncated the group (`truncatedAlerts`), for the built-in
+/// layout and templates alike.
+pub fn truncated_footer(payload: &Payload) -> Option<String> {
+    (payload.truncated_alerts > 0).then(|| {
         format!(
             "> <font color=\"comment\">另有 {} 条告警被 Alertmanager 截断未列出</font>",
             payload.truncated_alerts
         )
-    });
-    Document { sections, footer }
+    })
 }
 
 /// The display offset most groups expect; any other `--tz` is written next to each time.
