@@ -25,6 +25,10 @@ pub struct MentionEntry {
     pub users: Vec<String>,
     pub mobiles: Vec<String>,
     pub all: bool,
+    /// `mention_label`: also mention the user ids a firing alert carries in this label.
+    pub user_label: Option<String>,
+    /// `mention_mobile_label`: also mention the mobile numbers a firing alert carries in it.
+    pub mobile_label: Option<String>,
 }
 
 /// One `[robots.NAME]` table, unchecked.
@@ -153,12 +157,24 @@ pub fn parse(text: &str) -> Result<FileConfig, String> {
             (Table::Robot(i), "mention_users") => out.robots[i].mention.users = list(value)?,
             (Table::Robot(i), "mention_mobiles") => out.robots[i].mention.mobiles = list(value)?,
             (Table::Robot(i), "mention_all") => out.robots[i].mention.all = boolean(value)?,
+            (Table::Robot(i), "mention_label") => {
+                out.robots[i].mention.user_label = Some(string(value)?)
+            }
+            (Table::Robot(i), "mention_mobile_label") => {
+                out.robots[i].mention.mobile_label = Some(string(value)?)
+            }
             (Table::Mention(i), "robot") => out.mentions[i].robot = Some(string(value)?),
             (Table::Mention(i), "label") => out.mentions[i].label = string(value)?,
             (Table::Mention(i), "value") => out.mentions[i].value = string(value)?,
             (Table::Mention(i), "users") => out.mentions[i].mention.users = list(value)?,
             (Table::Mention(i), "mobiles") => out.mentions[i].mention.mobiles = list(value)?,
             (Table::Mention(i), "all") => out.mentions[i].mention.all = boolean(value)?,
+            (Table::Mention(i), "mention_label") => {
+                out.mentions[i].mention.user_label = Some(string(value)?)
+            }
+            (Table::Mention(i), "mention_mobile_label") => {
+                out.mentions[i].mention.mobile_label = Some(string(value)?)
+            }
             (Table::Top, k) => return Err(err(format!("unknown key {k:?} at the top level"))),
             (Table::Robot(i), k) => {
                 return Err(err(format!("unknown key {k:?} in [robots.{}]", out.robots[i].name)))
@@ -306,6 +322,11 @@ mod tests {
         assert!(parse("[[mentions]]\nlabel = \"x\"\n").is_err(), "value missing");
         assert!(parse("[robots.a]\nmention_all = \"yes\"\n").is_err());
         assert!(parse("[robots.a]\nmention_users = \"x\"\n").is_err());
+        let c = parse(
+            "[robots.a]\nmention_label = \"owner\"\nmention_mobile_label = \"owner_mobile\"\n",
+        )?;
+        assert_eq!(c.robots[0].mention.user_label.as_deref(), Some("owner"));
+        assert_eq!(c.robots[0].mention.mobile_label.as_deref(), Some("owner_mobile"));
         Ok(())
     }
 

@@ -8,6 +8,24 @@ use crate::alertmanager::{Payload, Status};
 use crate::config_file::{MentionEntry, MentionRule};
 use crate::outbox::Outbox;
 
+/// At most this many mentions come from alert labels per notification: a group of a hundred
+/// alerts each naming an owner must not become a hundred-name ping.
+pub const MAX_LABEL_MENTIONS: usize = 20;
+
+/// A WeCom user id as it can come from a label: letters, digits, `_ - . @`, never starting
+/// with `@` (so a label cannot say `@all`).
+fn valid_user_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && !s.starts_with('@')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
+}
+
+/// A mobile number: digits, optionally after `+`, 5 to 20 of them.
+fn valid_mobile(s: &str) -> bool {
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    (5..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 pub struct Robot {
     pub name: String,
     pub outbox: Arc<Outbox>,
@@ -39,14 +57,23 @@ impl Robots {
     }
 
     /// Who to @-mention for this notification on this robot: the robot's own list plus every
-    /// rule (for this robot or all) whose label matches a firing alert. Resolved-only
-    /// notifications mention nobody: a recovery should not wake anyone.
+    /// rule (for this robot or all) whose label matches a firing alert, plus the user ids and
+    /// mobiles firing alerts carry in the labels named by `mention_label` and
+    /// `mention_mobile_label`. Resolved-only notifications mention nobody: a recovery should
+    /// not wake anyone.
     pub fn mentions_for(&self, robot: &Robot, payload: &Payload) -> MentionEntry {
         let firing: Vec<_> = payload.alerts.iter().filter(|a| a.status == Status::Firing).collect();
         if firing.is_empty() {
             return MentionEntry::default();
         }
-        let mut out = robot.mention.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let own = robot.mention.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out = MentionEntry {
+            users: own.users.clone(),
+            mobiles: own.mobiles.clone(),
+            all: own.all,
+            ..MentionEntry::default()
+        };
+        let mut sources = vec![&own];
         for rule in &self.rules {
             if rule.robot.as_ref().is_some_and(|r| r != &robot.name) {
                 continue;
@@ -59,6 +86,32 @@ impl Robots {
                 out.users.extend(rule.mention.users.iter().cloned());
                 out.mobiles.extend(rule.mention.mobiles.iter().cloned());
                 out.all |= rule.mention.all;
+                sources.push(&rule.mention);
+            }
+        }
+        let mut from_labels = 0;
+        for source in sources {
+            for (label, valid, list) in [
+                (&source.user_label, valid_user_id as fn(&str) -> bool, &mut out.users),
+                (&source.mobile_label, valid_mobile, &mut out.mobiles),
+            ] {
+                let Some(label) = label else { continue };
+                for alert in &firing {
+                    let value =
+                        alert.labels.get(label).or_else(|| payload.common_labels.get(label));
+                    for who in value.unwrap_or("").split([',', ' ', ';']).filter(|w| !w.is_empty())
+                    {
+                        if list.iter().any(|w| w == who) {
+                            continue;
+                        }
+                        if !valid(who) {
+                            log::warn!("mention label value ignored label={label} value={who:?}");
+                        } else if from_labels < MAX_LABEL_MENTIONS {
+                            list.push(who.to_string());
+                            from_labels += 1;
+                        }
+                    }
+                }
             }
         }
         out.users.sort();
@@ -96,5 +149,26 @@ impl Robots {
 
     pub fn all(&self) -> &[Arc<Robot>] {
         &self.robots
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_checked_before_they_mention_anyone() {
+        for ok in ["zhangsan", "li.si", "wang_wu-2", "a@corp"] {
+            assert!(valid_user_id(ok), "{ok}");
+        }
+        for bad in ["", "@all", "<@all>", "zhang san", "用户", &"x".repeat(65)] {
+            assert!(!valid_user_id(bad), "{bad}");
+        }
+        for ok in ["13800000000", "+8613800000000"] {
+            assert!(valid_mobile(ok), "{ok}");
+        }
+        for bad in ["", "1380", "138-0000-0000", "+", "@all", &"1".repeat(21)] {
+            assert!(!valid_mobile(bad), "{bad}");
+        }
     }
 }

@@ -7,6 +7,7 @@ mod cli;
 mod delivery;
 mod hardening;
 mod intake;
+mod messages;
 mod operability;
 mod routing;
 mod smoke;

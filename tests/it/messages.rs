@@ -1,0 +1,268 @@
+//! What people read (issue #17): the built-in layout from the real binary (`render` and a
+//! relay delivering to the fake WeCom), templates with sections, defaults and Go-template
+//! errors, mentions taken from alert labels, and the two READMEs kept in step.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::util::*;
+
+fn manifest(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path).to_str().expect("utf8 path").to_string()
+}
+
+/// The messages `weixin-robot render` prints for a payload file, without the separator lines.
+fn render(args: &[&str]) -> Vec<String> {
+    let mut all = vec!["render"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run_to_exit(&all, &[]);
+    assert_eq!(code, Some(0), "render {args:?} failed: {err}");
+    let mut parts: Vec<String> = Vec::new();
+    for line in out.lines() {
+        if line.starts_with("----- message ") {
+            parts.push(String::new());
+        } else if let Some(part) = parts.last_mut() {
+            if !part.is_empty() {
+                part.push('\n');
+            }
+            part.push_str(line);
+        }
+    }
+    parts
+}
+
+fn write(dir: &TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write");
+    path.to_str().expect("utf8").to_string()
+}
+
+/// The binary prints exactly the reviewed golden files for the Kubernetes and blackbox cases.
+#[test]
+fn render_prints_the_golden_kubernetes_and_blackbox_messages() {
+    for case in ["kube_prometheus", "blackbox", "mixed"] {
+        let got = render(&[&manifest(&format!("tests/golden/{case}.json"))]).join("\n\n");
+        let want =
+            std::fs::read_to_string(manifest(&format!("tests/golden/{case}.md"))).expect("golden");
+        assert_eq!(got, want.trim_end(), "{case}");
+    }
+}
+
+/// A kube-prometheus alert shows the workload, not only the exporter's scrape address; the
+/// resolved one says how long it lasted; firing alerts link to a silence and the runbook.
+#[test]
+fn kubernetes_alert_shows_workload_duration_and_links() {
+    let fake = FakeWeCom::start();
+    let relay = Relay::start(&["--key", &fake.url()]);
+    let body = std::fs::read(manifest("tests/golden/kube_prometheus.json")).expect("payload");
+    assert_eq!(relay.post(&body).status, 200);
+    wait_until(Duration::from_secs(10), "delivery", || fake.delivered().len() == 1);
+    let content = fake.delivered()[0].content().to_string();
+    for want in [
+        "> 故障实例: 10.244.1.17:8080\n> 名称空间: shop\n> Pod: api-7d9f8c6b5-x2k4q\n> 容器: api\n> 采集任务: kube-state-metrics",
+        "> 节点: worker-2",
+        "> 恢复时间: 2024-05-01 20:05:00\n> 持续时间: 1小时5分",
+        "[静默此告警](http://alertmanager.monitoring.svc:9093/#/silences/new?filter=%7Balertname%3D%22KubePodCrashLooping%22%2Ccontainer%3D%22api%22%2C",
+        "[处理手册](https://runbooks.prometheus-operator.dev/runbooks/kubernetes/kubepodcrashlooping)",
+    ] {
+        assert!(content.contains(want), "missing {want:?} in:\n{content}");
+    }
+    // One silence link: the resolved alert needs none.
+    assert_eq!(content.matches("/#/silences/new").count(), 1, "{content}");
+}
+
+/// `--tz` other than +08:00 is written next to each time; +08:00 is not.
+#[test]
+fn tz_is_shown_when_it_is_not_the_usual_one() {
+    let file = manifest("tests/golden/resolved.json");
+    let utc5 = render(&["--tz", "-05:00", &file]).join("\n");
+    assert!(utc5.contains("> 告警时间: 2024-05-01 07:00:00 (UTC-05:00)"), "{utc5}");
+    assert!(utc5.contains("> 恢复时间: 2024-05-01 07:30:05 (UTC-05:00)"), "{utc5}");
+    let cst = render(&["--tz", "+08:00", &file]).join("\n");
+    assert!(cst.contains("> 告警时间: 2024-05-01 20:00:00\n") && !cst.contains("(UTC"), "{cst}");
+}
+
+/// Links are http(s) only: a hostile externalURL, runbook_url or generatorURL gives no link.
+#[test]
+fn only_http_links_are_rendered() {
+    let dir = TempDir::new("links");
+    let body = json!({
+        "status": "firing", "externalURL": "javascript:alert(1)",
+        "alerts": [{"status": "firing", "labels": {"alertname": "L", "instance": "h"},
+                    "annotations": {"runbook_url": "javascript:alert(2)"},
+                    "generatorURL": "file:///etc/passwd", "startsAt": "2024-05-01T12:00:00Z"}]
+    });
+    let path = write(&dir, "links.json", &body.to_string());
+    let got = render(&[&path]).join("\n");
+    assert!(!got.contains("](") && !got.contains("javascript") && !got.contains("file:"), "{got}");
+    // The same with http(s) URLs gives all three links on one line.
+    let body = body
+        .to_string()
+        .replace("javascript:alert(1)", "https://am.example")
+        .replace("javascript:alert(2)", "https://wiki.example/r")
+        .replace("file:///etc/passwd", "http://prom.example/g");
+    let path = write(&dir, "links2.json", &body);
+    let got = render(&[&path]).join("\n");
+    assert!(
+        got.contains(
+            "\n> [查看详情](http://prom.example/g) · [静默此告警](https://am.example/#/silences/new?filter=%7Balertname%3D%22L%22%2Cinstance%3D%22h%22%7D) · [处理手册](https://wiki.example/r)"
+        ),
+        "{got}"
+    );
+}
+
+const TEMPLATE: &str = "[firing_heading]
+## 🔥 {{count}} 条告警 · {{receiver}}{{#group_labels.namespace}} · {{group_labels.namespace}}{{/group_labels.namespace}}
+[alert]
+**{{labels.alertname}}**
+{{#labels.pod}}
+> Pod: {{labels.namespace}}/{{labels.pod}}
+{{/labels.pod}}
+{{^labels.pod}}
+> 实例: {{labels.instance}}
+{{/labels.pod}}
+> 负责人: {{labels.team|无人认领}}{{#resolved}} · 持续 {{duration}}{{/resolved}}
+> 标签: {{labels}}
+> [静默]({{silence_url}}) · [手册]({{runbook_url}})
+";
+
+/// A template with value sections, inverted sections and defaults, delivered by the relay.
+#[test]
+fn template_sections_defaults_and_new_placeholders() {
+    let fake = FakeWeCom::start();
+    let dir = TempDir::new("msg-template");
+    let tpl = write(&dir, "t.tpl", TEMPLATE);
+    let config = write(
+        &dir,
+        "config.toml",
+        &format!("[robots.ops]\nkey = \"{}\"\ntemplate = \"{tpl}\"\n", fake.url()),
+    );
+    let relay = Relay::start(&["--config", &config]);
+    let body = json!({
+        "status": "firing", "receiver": "wecom-k8s", "groupKey": "g",
+        "groupLabels": {"namespace": "shop"}, "externalURL": "http://am:9093",
+        "alerts": [
+            {"status": "firing", "labels": {"alertname": "CrashLoop", "namespace": "shop", "pod": "api-1"},
+             "annotations": {"runbook_url": "https://wiki/crash"}, "startsAt": "2024-05-01T12:00:00Z"},
+            {"status": "firing", "labels": {"alertname": "Down", "instance": "h:9100", "team": "db"},
+             "startsAt": "2024-05-01T12:00:00Z"}
+        ]
+    });
+    assert_eq!(relay.post(body.to_string().as_bytes()).status, 200);
+    wait_until(Duration::from_secs(10), "templated message", || fake.delivered().len() == 1);
+    assert_eq!(
+        fake.delivered()[0].content(),
+        "## 🔥 2 条告警 · wecom-k8s · shop\n\n\
+         **CrashLoop**\n> Pod: shop/api-1\n> 负责人: 无人认领\n> 标签: alertname=CrashLoop, namespace=shop, pod=api-1\n\
+         > [静默](http://am:9093/#/silences/new?filter=%7Balertname%3D%22CrashLoop%22%2Cnamespace%3D%22shop%22%2Cpod%3D%22api-1%22%7D) · [手册](https://wiki/crash)\n\n\
+         **Down**\n> 实例: h:9100\n> 负责人: db\n> 标签: alertname=Down, instance=h:9100, team=db\n\
+         > [静默](http://am:9093/#/silences/new?filter=%7Balertname%3D%22Down%22%2Cinstance%3D%22h%3A9100%22%2Cteam%3D%22db%22%7D) · [手册](-)"
+    );
+}
+
+/// Go templates, misspelled sections and runaway nesting stop start-up with exit 2 and a
+/// message that says what to write instead.
+#[test]
+fn template_mistakes_are_explained_at_start_up() {
+    let dir = TempDir::new("msg-template-errors");
+    for (text, want) in [
+        (
+            "[alert]\n**{{ .Labels.alertname }}**\n",
+            "line 2: {{ .Labels.alertname }}: this is not a Go template (Alertmanager's syntax); here write {{labels.alertname}}",
+        ),
+        (
+            "[alert]\n{{ if .Labels.pod }}pod{{ end }}\n",
+            "here write {{#labels.pod}}…{{/labels.pod}}",
+        ),
+        ("[alert]\n{{ range .Alerts }}x\n", "the [alert] section is rendered once per alert"),
+        ("[alert]\n{{ .Labels.job | toUpper }}\n", "there are no functions or filters"),
+        ("[alerts]\n{{labels.alertname}}\n", "line 1: unknown section [alerts]; did you mean [alert]?"),
+        (&format!("[alert]\n{}x{}", "{{#firing}}".repeat(9), "{{/firing}}".repeat(9)), "nest deeper than 8"),
+    ] {
+        let tpl = write(&dir, "bad.tpl", text);
+        let config = write(
+            &dir,
+            "config.toml",
+            &format!("[robots.ops]\nkey = \"http://127.0.0.1:9/send?key=k\"\ntemplate = \"{tpl}\"\n"),
+        );
+        let (code, _, err) = run_to_exit(&["--config", &config], &[]);
+        assert_eq!(code, Some(2), "{text}: {err}");
+        assert!(err.contains(want) && err.lines().count() == 1, "{text}:\n{err}");
+    }
+}
+
+/// The shipped example template renders a Kubernetes payload sensibly.
+#[test]
+fn the_example_template_renders_kubernetes_alerts() {
+    let fake = FakeWeCom::start();
+    let dir = TempDir::new("msg-example");
+    let config = write(
+        &dir,
+        "config.toml",
+        &format!(
+            "[robots.ops]\nkey = \"{}\"\ntemplate = \"{}\"\n",
+            fake.url(),
+            manifest("packaging/template.example.txt")
+        ),
+    );
+    let relay = Relay::start(&["--config", &config]);
+    let body = std::fs::read(manifest("tests/golden/kube_prometheus.json")).expect("payload");
+    assert_eq!(relay.post(&body).status, 200);
+    wait_until(Duration::from_secs(10), "delivery", || fake.delivered().len() == 1);
+    let content = fake.delivered()[0].content().to_string();
+    for want in [
+        "## <font color=\"warning\">🔥 1 条告警</font>\n\n**KubePodCrashLooping** · <font color=\"warning\">warning</font>\n> 实例: 10.244.1.17:8080\n> 位置: shop/api-7d9f8c6b5-x2k4q (api)\n> 负责人: 无人认领\n> 开始: 2024-05-01 20:03:10\n> Pod 反复崩溃重启\n> [图表](http://prometheus-k8s",
+        " · [静默](http://alertmanager.monitoring.svc:9093/#/silences/new?filter=",
+        " · [处理手册](https://runbooks.prometheus-operator.dev/runbooks/kubernetes/kubepodcrashlooping)",
+        "> 开始: 2024-05-01 19:00:00 · 恢复: 2024-05-01 20:05:00 · 持续 1小时5分",
+    ] {
+        assert!(content.contains(want), "missing {want:?} in:\n{content}");
+    }
+    assert!(!content.contains("{{") && !content.contains("\n\n\n"), "{content}");
+}
+
+/// `mention_label` / `mention_mobile_label`: the owner a firing alert names is mentioned; a
+/// label cannot say `@all`; a recovery mentions nobody.
+#[test]
+fn mentions_from_alert_labels() {
+    let fake = FakeWeCom::start();
+    let dir = TempDir::new("msg-mention-label");
+    let config = write(
+        &dir,
+        "config.toml",
+        &format!(
+            "[robots.ops]\nkey = \"{}\"\nmention_label = \"owner\"\nmention_mobile_label = \"owner_mobile\"\n\n\
+             [[mentions]]\nlabel = \"team\"\nvalue = \"db\"\nmention_label = \"dba\"\n",
+            fake.url()
+        ),
+    );
+    let relay = Relay::start(&["--config", &config]);
+    let alert = |status: &str, labels: serde_json::Value| json!({"status": status, "labels": labels, "startsAt": "2024-05-01T12:00:00Z"});
+    let body = json!({"status": "firing", "groupKey": "m", "alerts": [
+        alert("firing", json!({"alertname": "A", "owner": "zhangsan,lisi", "owner_mobile": "13800000000"})),
+        alert("firing", json!({"alertname": "B", "owner": "@all", "owner_mobile": "not-a-number"})),
+        alert("firing", json!({"alertname": "C", "team": "db", "dba": "wangwu"})),
+        alert("resolved", json!({"alertname": "D", "owner": "zhaoliu"})),
+    ]});
+    assert_eq!(relay.post(body.to_string().as_bytes()).status, 200);
+    wait_until(Duration::from_secs(10), "markdown and text", || fake.delivered().len() == 2);
+    let text = &fake.delivered()[1].body;
+    assert_eq!(text["msgtype"], "text");
+    assert_eq!(text["text"]["mentioned_list"], json!(["lisi", "wangwu", "zhangsan"]));
+    assert_eq!(text["text"]["mentioned_mobile_list"], json!(["13800000000"]));
+    assert!(relay.logs().contains("mention label value ignored label=owner value=\"@all\""));
+
+    // Only resolved alerts: nobody is woken, whatever the labels say.
+    let body = json!({"status": "resolved", "groupKey": "m2", "alerts": [
+        alert("resolved", json!({"alertname": "A", "owner": "zhangsan"})),
+    ]});
+    assert_eq!(relay.post(body.to_string().as_bytes()).status, 200);
+    wait_until(Duration::from_secs(10), "resolved markdown", || fake.delivered().len() == 3);
+    assert_eq!(fake.delivered()[2].body["msgtype"], "markdown");
+    wait_until(Duration::from_secs(5), "outbox settled", || {
+        relay.metrics().contains("weixin_robot_outbox_messages{robot=\"ops\"} 0")
+    });
+    assert_eq!(fake.delivered().len(), 3, "no mention for a recovery");
+}
