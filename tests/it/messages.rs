@@ -2,6 +2,7 @@
 //! relay delivering to the fake WeCom), templates with sections, defaults and Go-template
 //! errors, mentions taken from alert labels, and the two READMEs kept in step.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ fn write(dir: &TempDir, name: &str, text: &str) -> String {
 /// The binary prints exactly the reviewed golden files for the Kubernetes and blackbox cases.
 #[test]
 fn render_prints_the_golden_kubernetes_and_blackbox_messages() {
-    for case in ["kube_prometheus", "blackbox", "mixed"] {
+    for case in ["kube_prometheus", "blackbox", "mixed", "readme_firing", "readme_resolved"] {
         let got = render(&[&manifest(&format!("tests/golden/{case}.json"))]).join("\n\n");
         let want =
             std::fs::read_to_string(manifest(&format!("tests/golden/{case}.md"))).expect("golden");
@@ -265,4 +266,148 @@ fn mentions_from_alert_labels() {
         relay.metrics().contains("weixin_robot_outbox_messages{robot=\"ops\"} 0")
     });
     assert_eq!(fake.delivered().len(), 3, "no mention for a recovery");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two READMEs
+
+/// `--flag` names: after a character that cannot be part of one, up to the end of the name
+/// (`--web.external-url` is one name; `--offline=yes` is `--offline`).
+fn flags(text: &str) -> BTreeSet<String> {
+    let b = text.as_bytes();
+    let mut out = BTreeSet::new();
+    for i in 0..b.len().saturating_sub(2) {
+        let boundary = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b"-_".contains(&b[i - 1]));
+        if !(boundary && b[i] == b'-' && b[i + 1] == b'-' && b[i + 2].is_ascii_lowercase()) {
+            continue;
+        }
+        let len = b[i + 2..]
+            .iter()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"-.".contains(c))
+            .count();
+        let name = text[i..i + 2 + len].trim_end_matches(['.', '-']);
+        out.insert(name.to_string());
+    }
+    out
+}
+
+/// Config keys: `key = …` lines in ```toml blocks (inline code also holds Cargo's keys such
+/// as `panic = "abort"`), plus the table headers `[robots.NAME]` and `[[mentions]]`.
+fn config_keys(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let key_of = |line: &str| -> Option<String> {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let (key, _) = line.split_once(" =").or_else(|| line.split_once('='))?;
+        let key = key.trim();
+        let ok = !key.is_empty()
+            && key.starts_with(|c: char| c.is_ascii_lowercase())
+            && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        ok.then(|| key.to_string())
+    };
+    let mut in_toml = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("```") {
+            in_toml = trimmed == "```toml";
+            continue;
+        }
+        if in_toml {
+            if trimmed.starts_with("[[") {
+                out.insert(trimmed.split(']').next().unwrap_or("").to_string() + "]]");
+            } else if trimmed.starts_with("[robots.") {
+                out.insert("[robots.".to_string());
+            } else if let Some(k) = key_of(trimmed) {
+                out.insert(k);
+            }
+        }
+    }
+    out
+}
+
+/// HTTP endpoints: the path after `GET ` or `POST `.
+fn endpoints(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for method in ["GET /", "POST /"] {
+        for (i, _) in text.match_indices(method) {
+            let path: String = text[i + method.len() - 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "/-_{}.".contains(*c))
+                .collect();
+            let path = path.trim_end_matches(['.', '/']);
+            if !path.is_empty() {
+                out.insert(path.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// `name` appears in `text` as a whole word (not inside a longer name).
+fn names(text: &str, name: &str) -> bool {
+    let part = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    text.match_indices(name).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + name.len()..].chars().next();
+        !before.is_some_and(|c| part(c) && !name.starts_with(['-', '/', '[']))
+            && !after.is_some_and(|c| part(c) && !name.ends_with('.'))
+    })
+}
+
+/// Every flag, config key and endpoint named in one README is named in the other. Other
+/// work adds flags to README.md in parallel, so the failure lists exactly what is missing.
+#[test]
+fn readmes_name_the_same_flags_keys_and_endpoints() {
+    let en = std::fs::read_to_string(manifest("README.md")).expect("README.md");
+    let zh = std::fs::read_to_string(manifest("README.zh-CN.md")).expect("README.zh-CN.md");
+    let mut missing = Vec::new();
+    for (kind, extract) in [
+        ("flags", flags as fn(&str) -> BTreeSet<String>),
+        ("config keys", config_keys),
+        ("endpoints", endpoints),
+    ] {
+        for (from, to, to_name) in [(&en, &zh, "README.zh-CN.md"), (&zh, &en, "README.md")] {
+            let lacking: Vec<String> =
+                extract(from).into_iter().filter(|n| !names(to, n)).collect();
+            if !lacking.is_empty() {
+                missing
+                    .push(format!("{to_name} does not name these {kind}: {}", lacking.join(", ")));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "the READMEs differ:\n{}", missing.join("\n"));
+    // The extractors find what they should (so an empty set cannot pass vacuously).
+    let (f, k, e) = (flags(&en), config_keys(&en), endpoints(&en));
+    for want in ["--tz", "--config", "--web.external-url"] {
+        assert!(f.contains(want), "{want} not found in {f:?}");
+    }
+    for want in ["mention_label", "route_label", "[[mentions]]", "[robots."] {
+        assert!(k.contains(want), "{want} not found in {k:?}");
+    }
+    for want in ["/alertinfo", "/-/reload", "/metrics", "/alertinfo/{robot}"] {
+        assert!(e.contains(want), "{want} not found in {e:?}");
+    }
+}
+
+/// Each README links to the other at its top and shows the firing and resolved examples
+/// exactly as the golden files (what the binary renders) have them.
+#[test]
+fn readmes_link_each_other_and_show_the_rendered_examples() {
+    for (file, link) in
+        [("README.md", "[中文](README.zh-CN.md)"), ("README.zh-CN.md", "[English](README.md)")]
+    {
+        let text = std::fs::read_to_string(manifest(file)).expect("readme");
+        let top: String = text.lines().take(5).collect::<Vec<_>>().join("\n");
+        assert!(top.contains(link), "{file} must link {link} near its top");
+        for case in ["readme_firing", "readme_resolved"] {
+            let golden = std::fs::read_to_string(manifest(&format!("tests/golden/{case}.md")))
+                .expect("golden");
+            let block = format!("```markdown\n{}\n```", golden.trim_end());
+            assert!(
+                text.contains(&block),
+                "{file} does not show tests/golden/{case}.md as rendered"
+            );
+        }
+        assert!(text.contains("](docs/wecom-example.png)"), "{file}: the example image");
+    }
+    assert!(Path::new(&manifest("docs/wecom-example.png")).exists());
 }
