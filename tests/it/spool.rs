@@ -19,6 +19,10 @@ fn kill_9_with_a_backlog_loses_nothing() {
         "20ms",
         "--retry-max",
         "100ms",
+        // Durability is under test, not the budget: the backlog (about 25 messages since
+        // alerts carry a silence link) must not wait a whole 60 s window.
+        "--rate",
+        "100/60s",
     ];
     let mut relay = Relay::start(&args);
     let mut expected = Vec::new();
