@@ -824,6 +824,26 @@ mod tests {
         .map(|_| ())
     }
 
+    /// The templates the READMEs show are real: each parses.
+    #[test]
+    fn the_readme_examples_parse() -> Result<(), String> {
+        for file in ["README.md", "README.zh-CN.md"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("{file}: {e}"))?;
+            let blocks: Vec<&str> = text
+                .split("```text\n")
+                .skip(1)
+                .filter_map(|b| b.split("```").next())
+                .filter(|b| b.contains("[alert]"))
+                .collect();
+            assert!(!blocks.is_empty(), "{file} shows no template");
+            for block in blocks {
+                parse(block).map_err(|e| format!("{file}: {e}\n{block}"))?;
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn errors_are_found_at_load_time_with_the_line() {
         for (text, want) in [

@@ -9,9 +9,9 @@ use serde_json::json;
 
 use crate::util::*;
 
-struct Alertmanager {
+pub(crate) struct Alertmanager {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     _dir: TempDir,
 }
 
@@ -39,7 +39,7 @@ fn alertmanager_bin() -> String {
     panic!("Alertmanager not found: apt-get install prometheus-alertmanager (ci/test.sh does)");
 }
 
-fn start_alertmanager(webhook: &str) -> Alertmanager {
+pub(crate) fn start_alertmanager(webhook: &str) -> Alertmanager {
     start_alertmanager_with(webhook, "")
 }
 
@@ -72,7 +72,7 @@ fn start_alertmanager_with(webhook: &str, http_config: &str) -> Alertmanager {
 }
 
 /// RFC 3339 in UTC, from date(1): the relay's own formatter is what is under test.
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let out = Command::new("date")
         .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
@@ -80,7 +80,7 @@ fn rfc3339(t: SystemTime) -> String {
     String::from_utf8_lossy(&out.expect("date").stdout).trim().to_string()
 }
 
-fn post_alerts(am: &Alertmanager, alerts: serde_json::Value) {
+pub(crate) fn post_alerts(am: &Alertmanager, alerts: serde_json::Value) {
     let addr = ([127, 0, 0, 1], am.port).into();
     let r = post(addr, "/api/v2/alerts", alerts.to_string().as_bytes());
     assert_eq!(r.status, 200, "alertmanager refused alerts: {}", r.body);

@@ -411,3 +411,88 @@ fn readmes_link_each_other_and_show_the_rendered_examples() {
     }
     assert!(Path::new(&manifest("docs/wecom-example.png")).exists());
 }
+
+/// `%XX` → bytes, for reading a link back.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("utf8")
+}
+
+/// The silence link a real Alertmanager's notification produces names exactly this alert:
+/// Alertmanager's own API, given the link's matchers, finds it and nothing else.
+#[test]
+#[ignore = "needs Alertmanager; run by ci/test.sh"]
+fn silence_link_from_a_real_alertmanager_matches_the_alert() {
+    use crate::alertmanager_e2e::{post_alerts, rfc3339, start_alertmanager};
+    let fake = FakeWeCom::start();
+    let relay = Relay::start(&["--key", &fake.url()]);
+    let am = start_alertmanager(&format!("http://{}/alertinfo", relay.addr));
+    let now = rfc3339(std::time::SystemTime::now());
+    let labels = json!({"alertname": "E2ESilence", "namespace": "shop", "pod": "api-1", "severity": "warning"});
+    post_alerts(
+        &am,
+        json!([
+            {"labels": labels, "annotations": {"runbook_url": "https://runbooks.example/e2e"}, "startsAt": now},
+            {"labels": {"alertname": "E2EOther", "namespace": "shop"}, "startsAt": now}
+        ]),
+    );
+    wait_until(Duration::from_secs(30), "E2ESilence delivered", || {
+        fake.delivered().iter().any(|r| r.content().contains("E2ESilence"))
+    });
+    let content = fake
+        .delivered()
+        .into_iter()
+        .map(|r| r.content().to_string())
+        .find(|c| c.contains("E2ESilence"))
+        .unwrap_or_default();
+    assert!(content.contains("[处理手册](https://runbooks.example/e2e)"), "{content}");
+    let start = content.find("[静默此告警](").expect("a silence link") + "[静默此告警](".len();
+    let link = &content[start..start + content[start..].find(')').expect("link end")];
+    let (base, filter) = link.split_once("/#/silences/new?filter=").expect("silence page");
+    assert!(base.starts_with("http://"), "{link}");
+    let filter = percent_decode(filter);
+    assert_eq!(
+        filter,
+        "{alertname=\"E2ESilence\",namespace=\"shop\",pod=\"api-1\",severity=\"warning\"}"
+    );
+    let query: Vec<String> = filter
+        .trim_matches(['{', '}'])
+        .split(',')
+        .map(|m| {
+            let encoded: String = m
+                .bytes()
+                .map(|b| {
+                    if b.is_ascii_alphanumeric() {
+                        char::from(b).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                })
+                .collect();
+            format!("filter={encoded}")
+        })
+        .collect();
+    let r = get(([127, 0, 0, 1], am.port).into(), &format!("/api/v2/alerts?{}", query.join("&")));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let found = r.json();
+    let names: Vec<&str> = found
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x["labels"]["alertname"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["E2ESilence"], "{}", r.body);
+}
