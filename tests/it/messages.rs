@@ -115,7 +115,7 @@ fn only_http_links_are_rendered() {
 }
 
 const TEMPLATE: &str = "[firing_heading]
-## 🔥 {{count}} 条告警 · {{receiver}}{{#group_labels.namespace}} · {{group_labels.namespace}}{{/group_labels.namespace}}
+## 🔥 {{count}} 条告警 · {{receiver}}{{#group_labels.namespace}} · {{group_labels.namespace}}{{/group_labels.namespace}} · {{common_labels.cluster}} {{common_labels.team|no team}} {{external_url}} {{tz}}
 [alert]
 **{{labels.alertname}}**
 {{#labels.pod}}
@@ -126,6 +126,7 @@ const TEMPLATE: &str = "[firing_heading]
 {{/labels.pod}}
 > 负责人: {{labels.team|无人认领}}{{#resolved}} · 持续 {{duration}}{{/resolved}}
 > 标签: {{labels}}
+> 注解: {{annotations}}
 > [静默]({{silence_url}}) · [手册]({{runbook_url}})
 ";
 
@@ -144,6 +145,7 @@ fn template_sections_defaults_and_new_placeholders() {
     let body = json!({
         "status": "firing", "receiver": "wecom-k8s", "groupKey": "g",
         "groupLabels": {"namespace": "shop"}, "externalURL": "http://am:9093",
+        "commonLabels": {"cluster": "prod"},
         "alerts": [
             {"status": "firing", "labels": {"alertname": "CrashLoop", "namespace": "shop", "pod": "api-1"},
              "annotations": {"runbook_url": "https://wiki/crash"}, "startsAt": "2024-05-01T12:00:00Z"},
@@ -155,10 +157,10 @@ fn template_sections_defaults_and_new_placeholders() {
     wait_until(Duration::from_secs(10), "templated message", || fake.delivered().len() == 1);
     assert_eq!(
         fake.delivered()[0].content(),
-        "## 🔥 2 条告警 · wecom-k8s · shop\n\n\
-         **CrashLoop**\n> Pod: shop/api-1\n> 负责人: 无人认领\n> 标签: alertname=CrashLoop, namespace=shop, pod=api-1\n\
+        "## 🔥 2 条告警 · wecom-k8s · shop · prod no team http://am:9093 +08:00\n\n\
+         **CrashLoop**\n> Pod: shop/api-1\n> 负责人: 无人认领\n> 标签: alertname=CrashLoop, namespace=shop, pod=api-1\n> 注解: runbook_url=https://wiki/crash\n\
          > [静默](http://am:9093/#/silences/new?filter=%7Balertname%3D%22CrashLoop%22%2Cnamespace%3D%22shop%22%2Cpod%3D%22api-1%22%7D) · [手册](https://wiki/crash)\n\n\
-         **Down**\n> 实例: h:9100\n> 负责人: db\n> 标签: alertname=Down, instance=h:9100, team=db\n\
+         **Down**\n> 实例: h:9100\n> 负责人: db\n> 标签: alertname=Down, instance=h:9100, team=db\n> 注解: -\n\
          > [静默](http://am:9093/#/silences/new?filter=%7Balertname%3D%22Down%22%2Cinstance%3D%22h%3A9100%22%2Cteam%3D%22db%22%7D) · [手册](-)"
     );
 }
@@ -495,4 +497,30 @@ fn silence_link_from_a_real_alertmanager_matches_the_alert() {
         .map(|a| a.iter().filter_map(|x| x["labels"]["alertname"].as_str()).collect())
         .unwrap_or_default();
     assert_eq!(names, ["E2ESilence"], "{}", r.body);
+}
+
+/// `msgtype = "text"` has no links: each becomes `name: URL` on a line of its own.
+#[test]
+fn text_robots_get_each_link_on_its_own_line() {
+    let fake = FakeWeCom::start();
+    let dir = TempDir::new("msg-text");
+    let config = write(
+        &dir,
+        "config.toml",
+        &format!("[robots.ops]\nkey = \"{}\"\nmsgtype = \"text\"\n", fake.url()),
+    );
+    let relay = Relay::start(&["--config", &config]);
+    let body = std::fs::read(manifest("tests/golden/readme_firing.json")).expect("payload");
+    assert_eq!(relay.post(&body).status, 200);
+    wait_until(Duration::from_secs(10), "delivery", || fake.delivered().len() == 1);
+    let got = &fake.delivered()[0].body;
+    assert_eq!(got["msgtype"], "text");
+    let content = got["text"]["content"].as_str().unwrap_or("");
+    let links: Vec<&str> = content
+        .lines()
+        .filter(|l| l.contains("http"))
+        .map(|l| l.split(": ").next().unwrap_or(""))
+        .collect();
+    assert_eq!(links, ["查看详情", "静默此告警", "处理手册"], "{content}");
+    assert!(!content.contains("](") && !content.contains("<font"), "{content}");
 }
