@@ -816,6 +816,15 @@ mod tests {
     }
 
     #[test]
+    fn a_truncated_group_gets_the_same_last_line() -> Result<(), String> {
+        let t = parse("[alert]\n{{labels.alertname}}")?;
+        let p = payload(r#"{"truncatedAlerts":17,"alerts":[{"labels":{"alertname":"A"}}]}"#)?;
+        let md = t.render(&p, CST).to_markdown();
+        assert!(md.ends_with("另有 17 条告警被 Alertmanager 截断未列出</font>"), "{md}");
+        Ok(())
+    }
+
+    #[test]
     fn the_shipped_example_parses() -> Result<(), String> {
         load(
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
