@@ -397,6 +397,14 @@ fn condition(name: &str, line: usize, heading: bool) -> Result<Cond, String> {
         "resolved" => return Ok(Cond::Resolved),
         _ => {}
     }
+    // Handlebars' `{{#if x}}`, `{{#unless x}}`, `{{#each x}}`: the name is what they test.
+    let helper = ["if ", "unless ", "with ", "each "].iter().find_map(|h| name.strip_prefix(h));
+    if let Some(inner) = helper.map(str::trim).filter(|n| variable(n).is_some()) {
+        let sigil = if name.starts_with("unless") { '^' } else { '#' };
+        return Err(format!(
+            "line {line}: {{{{#{name}}}}} is handlebars; here write {{{{{sigil}{inner}}}}}…{{{{/{inner}}}}}"
+        ));
+    }
     let var = variable(name).ok_or_else(|| {
         format!(
             "line {line}: unknown section name {{{{#{name}}}}}; use firing, resolved or a \
@@ -860,6 +868,14 @@ mod tests {
             ("[alert]\nok\n{{#resolved}}x", "line 3: section {{#resolved}} is never closed"),
             ("[alert]\n{{/firing}}", "line 2: {{/firing}} closes nothing open"),
             ("[alert]\n{{#sometimes}}", "line 2: unknown section name {{#sometimes}}"),
+            (
+                "[alert]\n{{#if labels.pod}}x{{/if}}",
+                "line 2: {{#if labels.pod}} is handlebars; here write {{#labels.pod}}…{{/labels.pod}}",
+            ),
+            (
+                "[alert]\n{{#unless labels.pod}}x{{/unless}}",
+                "line 2: {{#unless labels.pod}} is handlebars; here write {{^labels.pod}}…{{/labels.pod}}",
+            ),
             (
                 "[alert]\n{{#labels.a}}\n{{/labels.b}}",
                 "line 3: {{/labels.b}} does not close {{#labels.a}} opened on line 2",
