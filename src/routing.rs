@@ -8,24 +8,6 @@ use crate::alertmanager::{Payload, Status};
 use crate::config_file::{MentionEntry, MentionRule};
 use crate::outbox::Outbox;
 
-/// At most this many mentions come from alert labels per notification: a group of a hundred
-/// alerts each naming an owner must not become a hundred-name ping.
-pub const MAX_LABEL_MENTIONS: usize = 20;
-
-/// A WeCom user id as it can come from a label: letters, digits, `_ - . @`, never starting
-/// with `@` (so a label cannot say `@all`).
-fn valid_user_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && !s.starts_with('@')
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
-}
-
-/// A mobile number: digits, optionally after `+`, 5 to 20 of them.
-fn valid_mobile(s: &str) -> bool {
-    let digits = s.strip_prefix('+').unwrap_or(s);
-    (5..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
-}
-
 pub struct Robot {
     pub name: String,
     pub outbox: Arc<Outbox>,
@@ -73,7 +55,9 @@ impl Robots {
             all: own.all,
             ..MentionEntry::default()
         };
-        let mut sources = vec![&own];
+        // Where label mentions come from: the robot (every firing alert) and each matching
+        // rule (the firing alerts it matches).
+        let mut sources: Vec<(&MentionEntry, Option<&MentionRule>)> = vec![(&own, None)];
         for rule in &self.rules {
             if rule.robot.as_ref().is_some_and(|r| r != &robot.name) {
                 continue;
@@ -86,19 +70,24 @@ impl Robots {
                 out.users.extend(rule.mention.users.iter().cloned());
                 out.mobiles.extend(rule.mention.mobiles.iter().cloned());
                 out.all |= rule.mention.all;
-                sources.push(&rule.mention);
+                sources.push((&rule.mention, Some(rule)));
             }
         }
         let mut from_labels = 0;
-        for source in sources {
+        for (source, rule) in sources {
             for (label, valid, list) in [
                 (&source.user_label, valid_user_id as fn(&str) -> bool, &mut out.users),
                 (&source.mobile_label, valid_mobile, &mut out.mobiles),
             ] {
                 let Some(label) = label else { continue };
                 for alert in &firing {
-                    let value =
-                        alert.labels.get(label).or_else(|| payload.common_labels.get(label));
+                    let value_of = |name: &str| {
+                        alert.labels.get(name).or_else(|| payload.common_labels.get(name))
+                    };
+                    if rule.is_some_and(|r| value_of(&r.label) != Some(r.value.as_str())) {
+                        continue;
+                    }
+                    let value = value_of(label);
                     for who in value.unwrap_or("").split([',', ' ', ';']).filter(|w| !w.is_empty())
                     {
                         if list.iter().any(|w| w == who) {
@@ -150,6 +139,24 @@ impl Robots {
     pub fn all(&self) -> &[Arc<Robot>] {
         &self.robots
     }
+}
+
+/// At most this many mentions come from alert labels per notification: a group of a hundred
+/// alerts each naming an owner must not become a hundred-name ping.
+pub const MAX_LABEL_MENTIONS: usize = 20;
+
+/// A WeCom user id as it can come from a label: letters, digits, `_ - . @`, never starting
+/// with `@` (so a label cannot say `@all`).
+fn valid_user_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && !s.starts_with('@')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
+}
+
+/// A mobile number: digits, optionally after `+`, 5 to 20 of them.
+fn valid_mobile(s: &str) -> bool {
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    (5..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]

@@ -247,6 +247,8 @@ fn mentions_from_alert_labels() {
         alert("firing", json!({"alertname": "A", "owner": "zhangsan,lisi", "owner_mobile": "13800000000"})),
         alert("firing", json!({"alertname": "B", "owner": "@all", "owner_mobile": "not-a-number"})),
         alert("firing", json!({"alertname": "C", "team": "db", "dba": "wangwu"})),
+        // The rule's label comes only from the alerts the rule matches.
+        alert("firing", json!({"alertname": "E", "team": "web", "dba": "notme"})),
         alert("resolved", json!({"alertname": "D", "owner": "zhaoliu"})),
     ]});
     assert_eq!(relay.post(body.to_string().as_bytes()).status, 200);
