@@ -307,6 +307,9 @@ fn line_tag(
 ) -> Result<(), String> {
     let tag = raw.trim();
     let shown = format!("{{{{{raw}}}}}{}", if triple { "}" } else { "" });
+    if tag.starts_with('!') {
+        return Ok(());
+    }
     if let Some(hint) = go_template_hint(raw) {
         return Err(format!(
             "line {line}: {shown}: this is not a Go template (Alertmanager's syntax); {hint}"
@@ -318,9 +321,6 @@ fn line_tag(
             "line {line}: {shown}: unescaped output is not supported (values are always \
              escaped so labels cannot inject markup); write {{{{{name}}}}}"
         ));
-    }
-    if tag.starts_with('!') {
-        return Ok(());
     }
     if tag.starts_with('>') {
         return Err(format!(
@@ -516,6 +516,9 @@ fn go_template_hint(raw: &str) -> Option<String> {
     // `{{- x -}}` trims white space in Go.
     let trimmed = raw.strip_prefix("- ").is_some() || raw.strip_suffix(" -").is_some();
     let tag = raw.trim().trim_start_matches("- ").trim_end_matches(" -").trim();
+    if tag.starts_with("/*") {
+        return Some("comments here are {{! … }}".into());
+    }
     let (head, pipe) = match tag.split_once('|') {
         Some((h, p)) => (h.trim(), Some(p.trim())),
         None => (tag, None),
@@ -923,6 +926,7 @@ mod tests {
             ("{{ .Labels.job | toUpper }}", "here write {{labels.job}}; there are no functions"),
             ("{{ x | upper }}", "there are no functions or filters"),
             ("{{ template \"wechat.default.message\" . }}", "no named templates"),
+            ("{{/* a Go comment */}}", "comments here are {{! … }}"),
         ] {
             let got = parse(&format!("[alert]\n{tag}")).expect_err(tag);
             assert!(
@@ -932,6 +936,7 @@ mod tests {
             );
         }
         // Our own syntax is never mistaken for Go's.
+        assert!(parse("[alert]\n{{! a note, not Go -}}").is_ok());
         assert!(parse(
             "[alert]\n{{labels.team|-}} {{labels.a | n/a}} {{#labels.end}}x{{/labels.end}}"
         )
