@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::alertmanager::{self, Alert, Payload, Status};
+use crate::alertmanager::{self, Payload, Status};
 use crate::config::Config;
 use crate::config_file::MentionEntry;
 use crate::intake;
@@ -62,10 +62,10 @@ pub fn render(config: &Config, path: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
-// The three functions below restate, for one payload and no queue, what the relay does when
-// it routes, renders and mentions (`routing::Robots::pick`, `Robots::mentions_for`, the
-// outbox's message composition). They are kept apart from those on purpose: render needs no
-// outbox, sender or key. `tests/it/operability.rs` runs the relay and render on the same
+// The functions below restate, for one payload and no queue, what the relay does when it
+// routes and renders (`routing::Robots::pick`, the outbox's message composition); mentions
+// call the relay's own pure `routing::mentions`. They are kept apart from the relay's on
+// purpose: render needs no outbox, sender or key. `tests/it/operability.rs` runs the relay and render on the same
 // payload and config and requires identical messages, so the two cannot drift apart unseen.
 
 /// The robot routing picks: the one named by the routing label in the group labels, the
@@ -81,34 +81,10 @@ fn routed<'a>(config: &'a Config, payload: &Payload) -> &'a RobotConfig {
     value.and_then(named).or_else(|| named(&config.default_robot)).unwrap_or(&config.robots[0])
 }
 
-/// Who is @-mentioned: the robot's own list plus every matching `[[mentions]]` rule, for
+/// Who is @-mentioned: the relay's own rule (lists, `[[mentions]]`, `mention_label`), for
 /// notifications with a firing alert only.
 fn mentions(config: &Config, rc: &RobotConfig, payload: &Payload) -> MentionEntry {
-    let firing: Vec<&Alert> =
-        payload.alerts.iter().filter(|a| a.status == Status::Firing).collect();
-    if firing.is_empty() {
-        return MentionEntry::default();
-    }
-    let mut out = rc.mention.clone();
-    for rule in &config.mention_rules {
-        if rule.robot.as_ref().is_some_and(|r| r != &rc.name) {
-            continue;
-        }
-        let matches = firing.iter().any(|a| {
-            a.labels.get(&rule.label).or_else(|| payload.common_labels.get(&rule.label))
-                == Some(rule.value.as_str())
-        });
-        if matches {
-            out.users.extend(rule.mention.users.iter().cloned());
-            out.mobiles.extend(rule.mention.mobiles.iter().cloned());
-            out.all |= rule.mention.all;
-        }
-    }
-    out.users.sort();
-    out.users.dedup();
-    out.mobiles.sort();
-    out.mobiles.dedup();
-    out
+    crate::routing::mentions(&rc.mention, &rc.name, &config.mention_rules, payload)
 }
 
 /// The messages: the robot's layout in its message type, split at its size limit, then the

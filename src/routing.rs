@@ -38,76 +38,10 @@ impl Robots {
         Some(Robots { robots, default, label, rules })
     }
 
-    /// Who to @-mention for this notification on this robot: the robot's own list plus every
-    /// rule (for this robot or all) whose label matches a firing alert, plus the user ids and
-    /// mobiles firing alerts carry in the labels named by `mention_label` and
-    /// `mention_mobile_label`. Resolved-only notifications mention nobody: a recovery should
-    /// not wake anyone.
+    /// Who to @-mention for this notification on this robot; see [`mentions`].
     pub fn mentions_for(&self, robot: &Robot, payload: &Payload) -> MentionEntry {
-        let firing: Vec<_> = payload.alerts.iter().filter(|a| a.status == Status::Firing).collect();
-        if firing.is_empty() {
-            return MentionEntry::default();
-        }
         let own = robot.mention.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut out = MentionEntry {
-            users: own.users.clone(),
-            mobiles: own.mobiles.clone(),
-            all: own.all,
-            ..MentionEntry::default()
-        };
-        // Where label mentions come from: the robot (every firing alert) and each matching
-        // rule (the firing alerts it matches).
-        let mut sources: Vec<(&MentionEntry, Option<&MentionRule>)> = vec![(&own, None)];
-        for rule in &self.rules {
-            if rule.robot.as_ref().is_some_and(|r| r != &robot.name) {
-                continue;
-            }
-            let matches = firing.iter().any(|a| {
-                a.labels.get(&rule.label).or_else(|| payload.common_labels.get(&rule.label))
-                    == Some(rule.value.as_str())
-            });
-            if matches {
-                out.users.extend(rule.mention.users.iter().cloned());
-                out.mobiles.extend(rule.mention.mobiles.iter().cloned());
-                out.all |= rule.mention.all;
-                sources.push((&rule.mention, Some(rule)));
-            }
-        }
-        let mut from_labels = 0;
-        for (source, rule) in sources {
-            for (label, valid, list) in [
-                (&source.user_label, valid_user_id as fn(&str) -> bool, &mut out.users),
-                (&source.mobile_label, valid_mobile, &mut out.mobiles),
-            ] {
-                let Some(label) = label else { continue };
-                for alert in &firing {
-                    let value_of = |name: &str| {
-                        alert.labels.get(name).or_else(|| payload.common_labels.get(name))
-                    };
-                    if rule.is_some_and(|r| value_of(&r.label) != Some(r.value.as_str())) {
-                        continue;
-                    }
-                    let value = value_of(label);
-                    for who in value.unwrap_or("").split([',', ' ', ';']).filter(|w| !w.is_empty())
-                    {
-                        if list.iter().any(|w| w == who) {
-                            continue;
-                        }
-                        if !valid(who) {
-                            log::warn!("mention label value ignored label={label} value={who:?}");
-                        } else if from_labels < MAX_LABEL_MENTIONS {
-                            list.push(who.to_string());
-                            from_labels += 1;
-                        }
-                    }
-                }
-            }
-        }
-        out.users.sort();
-        out.users.dedup();
-        out.mobiles.sort();
-        out.mobiles.dedup();
-        out
+        mentions(&own, &robot.name, &self.rules, payload)
     }
 
     pub fn named(&self, name: &str) -> Option<&Arc<Robot>> {
@@ -139,6 +73,82 @@ impl Robots {
     pub fn all(&self) -> &[Arc<Robot>] {
         &self.robots
     }
+}
+
+/// Who to @-mention for a notification on robot `robot_name` with list `own`: that list plus every
+/// rule (for this robot or all) whose label matches a firing alert, plus the user ids and
+/// mobiles firing alerts carry in the labels named by `mention_label` and
+/// `mention_mobile_label`. Resolved-only notifications mention nobody: a recovery should
+/// not wake anyone.
+///
+/// Pure, so the relay and `render --config` share it.
+pub fn mentions(
+    own: &MentionEntry,
+    robot_name: &str,
+    rules: &[MentionRule],
+    payload: &Payload,
+) -> MentionEntry {
+    let firing: Vec<_> = payload.alerts.iter().filter(|a| a.status == Status::Firing).collect();
+    if firing.is_empty() {
+        return MentionEntry::default();
+    }
+    let mut out = MentionEntry {
+        users: own.users.clone(),
+        mobiles: own.mobiles.clone(),
+        all: own.all,
+        ..MentionEntry::default()
+    };
+    // Where label mentions come from: the robot (every firing alert) and each matching
+    // rule (the firing alerts it matches).
+    let mut sources: Vec<(&MentionEntry, Option<&MentionRule>)> = vec![(own, None)];
+    for rule in rules {
+        if rule.robot.as_ref().is_some_and(|r| r != robot_name) {
+            continue;
+        }
+        let matches = firing.iter().any(|a| {
+            a.labels.get(&rule.label).or_else(|| payload.common_labels.get(&rule.label))
+                == Some(rule.value.as_str())
+        });
+        if matches {
+            out.users.extend(rule.mention.users.iter().cloned());
+            out.mobiles.extend(rule.mention.mobiles.iter().cloned());
+            out.all |= rule.mention.all;
+            sources.push((&rule.mention, Some(rule)));
+        }
+    }
+    let mut from_labels = 0;
+    for (source, rule) in sources {
+        for (label, valid, list) in [
+            (&source.user_label, valid_user_id as fn(&str) -> bool, &mut out.users),
+            (&source.mobile_label, valid_mobile, &mut out.mobiles),
+        ] {
+            let Some(label) = label else { continue };
+            for alert in &firing {
+                let value_of =
+                    |name: &str| alert.labels.get(name).or_else(|| payload.common_labels.get(name));
+                if rule.is_some_and(|r| value_of(&r.label) != Some(r.value.as_str())) {
+                    continue;
+                }
+                let value = value_of(label);
+                for who in value.unwrap_or("").split([',', ' ', ';']).filter(|w| !w.is_empty()) {
+                    if list.iter().any(|w| w == who) {
+                        continue;
+                    }
+                    if !valid(who) {
+                        log::warn!("mention label value ignored label={label} value={who:?}");
+                    } else if from_labels < MAX_LABEL_MENTIONS {
+                        list.push(who.to_string());
+                        from_labels += 1;
+                    }
+                }
+            }
+        }
+    }
+    out.users.sort();
+    out.users.dedup();
+    out.mobiles.sort();
+    out.mobiles.dedup();
+    out
 }
 
 /// At most this many mentions come from alert labels per notification: a group of a hundred

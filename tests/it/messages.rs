@@ -531,3 +531,30 @@ fn text_robots_get_each_link_on_its_own_line() {
     assert_eq!(links, ["查看详情", "静默此告警", "处理手册"], "{content}");
     assert!(!content.contains("](") && !content.contains("<font"), "{content}");
 }
+
+/// `render --config --robot` previews a robot's template and its label mentions without a key
+/// being used or a relay running.
+#[test]
+fn render_previews_a_robots_template_and_label_mentions() {
+    let dir = TempDir::new("msg-render-config");
+    let config = write(
+        &dir,
+        "config.toml",
+        &format!(
+            "[robots.k8s]\nkey = \"http://127.0.0.1:9/send?key=k\"\ntemplate = \"{}\"\nmention_label = \"container\"\n",
+            manifest("packaging/template.example.txt")
+        ),
+    );
+    let out = render(&[
+        "--config",
+        &config,
+        "--robot",
+        "k8s",
+        &manifest("tests/golden/kube_prometheus.json"),
+    ])
+    .join("\n");
+    assert!(out.contains("> 位置: shop/api-7d9f8c6b5-x2k4q (api)\n> 负责人: 无人认领"), "{out}");
+    assert!(out.contains("持续 1小时5分"), "{out}");
+    // The firing alert's container label ("api") is a valid user id: it is mentioned.
+    assert!(out.contains(r#""mentioned_list":["api"]"#), "{out}");
+}
