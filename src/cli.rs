@@ -690,9 +690,11 @@ mod tests {
              label) whose value names the robot; default wecom_robot.\n\
              [robots.NAME] :: one robot: key or key_file (the webhook URL or bare key), rate \
              (N/DURATION), msgtype (markdown, markdown_v2 or text), template (a file, see \
-             TEMPLATES), mention_users, mention_mobiles, mention_all.\n\
-             [[mentions]] :: label, value, users, mobiles, all, robot: whom to @-mention when a \
-             firing alert carries label=value.\n\n\
+             TEMPLATES), mention_users, mention_mobiles, mention_all, mention_label and \
+             mention_mobile_label (labels whose values, in firing alerts, name more people).\n\
+             [[mentions]] :: label, value, users, mobiles, all, mention_label, \
+             mention_mobile_label, robot: whom to @-mention when a firing alert carries \
+             label=value.\n\n\
              A notification goes to the robot named in the path (POST /alertinfo/NAME), else to \
              the one named by route_label, else to default_robot. --key or KEY next to a file \
              adds a robot named default. Preview what a robot sends with \
@@ -704,14 +706,20 @@ mod tests {
              required [alert] section, rendered once per alert, and optional [firing_heading] and \
              [resolved_heading] sections.\n\n\
              {{labels.NAME}}, {{annotations.NAME}} :: the alert's, else the group's common ones, \
-             else -.\n\
-             {{status}}, {{starts_at}}, {{ends_at}}, {{generator_url}}, {{fingerprint}}, \
-             {{colour}} :: the alert's fields; times in --tz.\n\
+             else -; {{NAME|text}} shows text instead of -.\n\
+             {{labels}}, {{annotations}} :: all of them as k=v, k=v.\n\
+             {{status}}, {{starts_at}}, {{ends_at}}, {{duration}}, {{generator_url}}, \
+             {{silence_url}}, {{runbook_url}}, {{fingerprint}}, {{colour}} :: the alert's \
+             fields; times in --tz.\n\
+             {{group_labels.NAME}}, {{common_labels.NAME}}, {{receiver}}, {{external_url}}, \
+             {{tz}} :: the notification's, also in headings.\n\
              {{count}} :: in headings: the number of alerts.\n\
-             {{#firing}}...{{/firing}}, {{#resolved}}...{{/resolved}} :: text kept only for \
-             alerts of that status.\n\n\
+             {{#NAME}}...{{/NAME}}, {{^NAME}}...{{/NAME}} :: a mustache section: text kept when \
+             NAME (firing, resolved or a placeholder) is present and not empty, or, inverted, \
+             when it is not; at most 8 deep.\n\n\
              Values are escaped like the built-in layout's; splitting, merging and the robot's \
-             msgtype apply as usual. A mistake is reported with its line when the file loads. \
+             msgtype apply as usual. A mistake is reported with its line when the file loads; \
+             Go template syntax gets the equivalent here. \
              A complete example is /usr/share/doc/weixin-robot/template.example.txt. While \
              iterating, use render (or --dedup-window 0s, so the same test payload is not \
              answered as a duplicate).",
