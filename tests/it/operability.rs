@@ -71,7 +71,10 @@ fn send_test_prints_the_answer_with_a_hint() {
     let (code, out, _) = run_to_exit(&["send-test", "--key", &fake.url()], &[]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("ok: WeCom answered errcode 0"), "{out}");
-    assert!(fake.delivered()[0].content().contains("weixin-robot 测试消息"));
+    // The fake records a message a moment after it has answered: poll, do not index at once.
+    wait_until(Duration::from_secs(5), "test message recorded", || {
+        fake.delivered().first().is_some_and(|r| r.content().contains("weixin-robot 测试消息"))
+    });
 
     for (errcode, hint) in
         [(93000, "the key is wrong or the robot was removed"), (45009, "rate limited")]

@@ -210,7 +210,10 @@ fn reload_with_good_and_bad_files() {
     let r = reload(&relay);
     assert_eq!(r.status, 500);
     assert!(r.body.contains("line 2: unknown key"), "{}", r.body);
-    assert!(relay.logs().contains("reload failed, the old configuration stays"));
+    // The log is captured by a reader thread: poll rather than read once.
+    wait_until(Duration::from_secs(5), "failed reload logged", || {
+        relay.logs().contains("reload failed, the old configuration stays")
+    });
     assert_eq!(
         post(relay.addr, "/alertinfo/dba", &payload("r3", &[A("r3", "firing", "R")])).status,
         200
