@@ -53,6 +53,11 @@ pub struct Config {
     pub max_header_bytes: u64,
     pub max_connections: usize,
     pub request_timeout: Duration,
+    pub max_unsent_bytes: u64,
+    pub max_body_in_flight: u64,
+    pub dedup_max_entries: usize,
+    /// `--key-param-host`: checked when a `?key=` arrives (`crate::key_param`).
+    pub key_param_host: String,
     pub auth_token_file: Option<PathBuf>,
     pub basic_auth_file: Option<PathBuf>,
 }
@@ -156,6 +161,15 @@ impl Config {
         if request_timeout.is_zero() {
             return Err(invalid("--request-timeout", "must be above zero"));
         }
+        let max_unsent_bytes = bytes("--max-unsent-bytes")?;
+        let max_body_in_flight = bytes("--max-body-in-flight")?;
+        if max_unsent_bytes == 0 || max_body_in_flight == 0 {
+            return Err(invalid("--max-body-in-flight", "sizes must be above zero"));
+        }
+        let dedup_max_entries = count("--dedup-max-entries")?;
+        let key_param_host = raw.get_or_default("--key-param-host").unwrap_or("").to_string();
+        crate::key_param::KeyParamHost::parse(&key_param_host)
+            .map_err(|r| invalid("--key-param-host", r))?;
 
         let keys = match raw.command {
             Command::Render(_) | Command::Healthcheck => Keys::Skip,
@@ -206,6 +220,10 @@ impl Config {
             max_header_bytes,
             max_connections,
             request_timeout,
+            max_unsent_bytes,
+            max_body_in_flight,
+            dedup_max_entries,
+            key_param_host,
             auth_token_file: raw.get("--auth-token-file").map(PathBuf::from),
             basic_auth_file: raw.get("--basic-auth-file").map(PathBuf::from),
         })

@@ -1,5 +1,6 @@
-//! Connection limits that `may_minihttp` does not have: how many connections, how long a
-//! request may take to arrive, how many header bytes it may buffer.
+//! Connection limits that `may_minihttp` does not have: how many connections and how long a
+//! request may take to arrive. (Head size and unsent answers are bounded inside the connection
+//! loop of our vendored copy, `vendor/may_minihttp/PATCHES.md`, through `HttpService` hooks.)
 //!
 //! may_minihttp creates one service object per connection, passes it the socket's fd, and drops
 //! it before the socket closes. So the connection's [`crate::server::Conn`] registers its fd
@@ -12,12 +13,12 @@
 //! the registry lock, and only the reaper asks the kernel for byte counts.
 //!
 //! - Deadline: a request must arrive within `request_timeout` of the connection opening or of
-//!   the previous answer (slowloris, idle keep-alive), and its body within `request_timeout` of
-//!   its head. Past it: `408` and close.
-//! - Header bytes: may_minihttp buffers a request head without limit. The kernel counts the
-//!   bytes it received on the socket (`TCP_INFO.tcpi_bytes_received`); outside a request, more
-//!   than `max_header_bytes` since the previous answer means a head that never ends: `431`
-//!   and close.
+//!   the previous answer (slowloris), and its body within `request_timeout` of its head. Past
+//!   it: `408` and close. An *idle* connection (no byte of a next request held by the loop nor
+//!   waiting in the kernel) is closed without an answer instead: a request sent just as the
+//!   deadline passes then meets a closed connection, which every client treats as a network
+//!   error and retries, whereas a `408` for it would be taken as the answer to that request
+//!   (Alertmanager never retries a 4xx, so the alert would be lost).
 //! - Count: past `max_connections`, a new connection gets `503` and a half-close, and lingers
 //!   (uncounted) until its client has read the answer; past twice the limit, it is shut at
 //!   once.
@@ -30,15 +31,18 @@ use std::time::{Duration, Instant};
 
 use crate::metrics;
 
-/// How often the reaper looks. The header-byte bound is enforced to within what a client
-/// can send in this time.
+/// How often the reaper looks for connections past their deadline.
 const REAP_INTERVAL: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_connections: usize,
     pub request_timeout: Duration,
+    /// Enforced by the connection loop (`HttpService::max_head_bytes`), kept here with the
+    /// other per-connection limits.
     pub max_header_bytes: u64,
+    /// Answer bytes a client may leave unread before its connection stops handling requests.
+    pub max_unsent_bytes: u64,
 }
 
 /// One connection's timing, shared by the connection (which updates it on every request with
@@ -49,8 +53,8 @@ pub struct ConnState {
     /// Milliseconds after `epoch` at which the current wait (for a head, or a body) ends.
     deadline_ms: AtomicU64,
     in_call: AtomicBool,
-    /// Requests answered so far: when it changes, the reaper takes a new byte-count baseline.
-    answered: AtomicU64,
+    /// The connection loop holds part of a next request (set before each wait for the client).
+    partial: AtomicBool,
 }
 
 impl ConnState {
@@ -67,16 +71,17 @@ impl ConnState {
     /// The answer is ready: the next request has `request_timeout` to arrive.
     pub fn call_finished(&self) {
         self.deadline_ms.store(self.now_ms() + self.timeout_ms, Ordering::Relaxed);
-        self.answered.fetch_add(1, Ordering::Relaxed);
         self.in_call.store(false, Ordering::Relaxed);
+    }
+
+    /// The connection waits for the client holding `buffered` bytes of an incomplete request.
+    pub fn waiting(&self, buffered: usize) {
+        self.partial.store(buffered > 0, Ordering::Relaxed);
     }
 }
 
 struct Entry {
     state: Arc<ConnState>,
-    /// Bytes the kernel had received on this socket when the reaper last saw a new answer.
-    baseline_bytes: u64,
-    seen_answered: u64,
     /// Set when the reaper closed the connection: the service then knows not to answer again.
     killed: bool,
     /// False for a connection refused over the limit, kept only until its client has read the
@@ -101,6 +106,10 @@ pub struct Guard {
 const REFUSED_LINGER: Duration = Duration::from_secs(2);
 
 impl Guard {
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     pub fn new(limits: Limits) -> Guard {
         Guard { limits, epoch: Instant::now(), registry: Mutex::new(Registry::default()) }
     }
@@ -133,16 +142,10 @@ impl Guard {
             timeout_ms,
             deadline_ms: AtomicU64::new(0),
             in_call: AtomicBool::new(false),
-            answered: AtomicU64::new(0),
+            partial: AtomicBool::new(false),
         });
         state.deadline_ms.store(state.now_ms() + timeout_ms, Ordering::Relaxed);
-        let entry = Entry {
-            state: Arc::clone(&state),
-            baseline_bytes: 0,
-            seen_answered: 0,
-            killed: false,
-            counted: !over,
-        };
+        let entry = Entry { state: Arc::clone(&state), killed: false, counted: !over };
         reg.conns.insert(fd, entry);
         if over {
             drop(reg);
@@ -188,31 +191,16 @@ impl Guard {
                     write_and_shut(fd, b"");
                     continue;
                 }
+                let idle = !st.in_call.load(Ordering::Relaxed)
+                    && !st.partial.load(Ordering::Relaxed)
+                    && unread_bytes(fd) == 0;
+                if idle {
+                    // Nothing of a next request anywhere: close, do not answer (module doc).
+                    write_and_shut(fd, b"");
+                    continue;
+                }
                 metrics::request_rejected("timeout");
                 answer_and_shut(fd, 408, "Request Timeout", "request not received in time");
-                continue;
-            }
-            if st.in_call.load(Ordering::Relaxed) {
-                continue;
-            }
-            let answered = st.answered.load(Ordering::Relaxed);
-            let Some(bytes) = bytes_received(fd) else { continue };
-            if answered != e.seen_answered {
-                // Taken a little after the answer, so bytes of a pipelined request that
-                // arrived meanwhile are not counted: errs on the side of the client.
-                e.seen_answered = answered;
-                e.baseline_bytes = bytes;
-                continue;
-            }
-            if bytes.saturating_sub(e.baseline_bytes) > self.limits.max_header_bytes {
-                e.killed = true;
-                metrics::request_rejected("header_too_large");
-                answer_and_shut(
-                    fd,
-                    431,
-                    "Request Header Fields Too Large",
-                    "request head too large",
-                );
             }
         }
     }
@@ -227,20 +215,15 @@ impl Guard {
     }
 }
 
-/// Total bytes the kernel received on a TCP socket (Linux ≥ 4.1).
-fn bytes_received(fd: RawFd) -> Option<u64> {
-    // SAFETY: tcp_info is plain old data; getsockopt writes at most `len` bytes into it.
-    unsafe {
-        let mut info: libc::tcp_info = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        );
-        (rc == 0).then_some(info.tcpi_bytes_received)
+/// Bytes received on the socket that nobody has read yet (`FIONREAD`); errors count as none.
+fn unread_bytes(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int; the fd is open (see the module doc).
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if rc == 0 {
+        usize::try_from(n).unwrap_or(0)
+    } else {
+        0
     }
 }
 
@@ -302,21 +285,85 @@ fn write_then_shutdown(fd: RawFd, raw: &[u8], how: libc::c_int) {
     }
 }
 
-/// True when the peer is still connected and has sent nothing we have not read: how a
-/// connection looks after may_minihttp gave up on an unparsable request head.
-pub fn peer_waiting(fd: RawFd) -> bool {
+/// The client's address, for log lines.
+pub fn peer_addr(fd: RawFd) -> Option<std::net::SocketAddr> {
     if fd < 0 {
-        return false;
+        return None;
     }
-    let mut byte = 0u8;
-    // SAFETY: a one-byte peek into a local; the fd is open (see module doc).
-    let n = unsafe {
-        libc::recv(fd, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-    };
-    if n != -1 {
-        // 0: the peer closed. More bytes: the rest of a request may_minihttp gave up on.
-        return n > 0;
+    use std::os::fd::FromRawFd;
+    // SAFETY: the fd is an open socket (see the module doc); `ManuallyDrop` keeps this
+    // borrowed view from closing it.
+    let stream = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    stream.peer_addr().ok()
+}
+
+/// `--max-body-in-flight`: request bodies held at once, across all connections. A body
+/// reserves its declared length before its first byte is read; past the budget the request is
+/// answered 503 (Alertmanager retries) without reading it, so slow or parallel uploads cannot
+/// hold more than this. One body is always admitted when none is held, so a budget below
+/// `--max-body` cannot refuse a notification forever.
+pub struct BodyBudget {
+    max_bytes: u64,
+    used_bytes: AtomicU64,
+}
+
+/// Bytes reserved for one body; given back on drop.
+pub struct BodyPermit<'a> {
+    budget: &'a BodyBudget,
+    bytes: u64,
+}
+
+impl BodyBudget {
+    pub fn new(max_bytes: u64) -> BodyBudget {
+        BodyBudget { max_bytes, used_bytes: AtomicU64::new(0) }
     }
-    let err = std::io::Error::last_os_error().raw_os_error();
-    err == Some(libc::EAGAIN) || err == Some(libc::EWOULDBLOCK)
+
+    pub fn take(&self, bytes: u64) -> Option<BodyPermit<'_>> {
+        let mut used = self.used_bytes.load(Ordering::Relaxed);
+        loop {
+            if used > 0 && used.saturating_add(bytes) > self.max_bytes {
+                return None;
+            }
+            match self.used_bytes.compare_exchange_weak(
+                used,
+                used.saturating_add(bytes),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(BodyPermit { budget: self, bytes }),
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Bytes reserved right now.
+    #[cfg(test)]
+    pub fn used(&self) -> u64 {
+        self.used_bytes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for BodyPermit<'_> {
+    fn drop(&mut self) {
+        self.budget.used_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_budget_admits_up_to_its_size_and_one_body_always() {
+        let b = BodyBudget::new(10);
+        let big = b.take(50).expect("one body when none is held");
+        assert!(b.take(1).is_none());
+        drop(big);
+        let p1 = b.take(6).expect("6 of 10");
+        assert!(b.take(5).is_none());
+        let p2 = b.take(4).expect("10 of 10");
+        assert_eq!(b.used(), 10);
+        drop((p1, p2));
+        assert_eq!(b.used(), 0);
+    }
 }

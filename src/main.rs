@@ -12,9 +12,11 @@ mod config_file;
 mod fleet;
 mod guard;
 mod intake;
+mod key_param;
 mod logger;
 mod metrics;
 mod outbox;
+mod reject_log;
 mod render;
 mod robots;
 mod routing;
@@ -99,6 +101,7 @@ fn serve(config: &Config, raw: RawArgs, signals: &Signals) -> Result<(), Failure
     // A bad --ca-file is a configuration error (exit 2), found before anything starts.
     let client = wecom::Client::new(config.send_timeout, config.ca_file.as_deref())
         .map_err(Failure::Usage)?;
+    outbox::dedup::set_max_entries(config.dedup_max_entries);
     let fleet = fleet::Fleet::start(config, raw, client).map_err(Failure::Runtime)?;
     metrics::config_loaded(true);
 
@@ -110,6 +113,7 @@ fn serve(config: &Config, raw: RawArgs, signals: &Signals) -> Result<(), Failure
         max_connections: config.max_connections,
         request_timeout: config.request_timeout,
         max_header_bytes: config.max_header_bytes,
+        max_unsent_bytes: config.max_unsent_bytes,
     }));
     guard::Guard::spawn_reaper(Arc::clone(&guard))
         .map_err(|e| Failure::Runtime(format!("starting reaper thread: {e}")))?;
@@ -118,18 +122,22 @@ fn serve(config: &Config, raw: RawArgs, signals: &Signals) -> Result<(), Failure
     let app = Arc::new(server::App {
         fleet,
         allow_key_param: config.allow_key_param,
+        key_param_host: key_param::KeyParamHost::parse(&config.key_param_host)
+            .map_err(|e| Failure::Usage(format!("invalid --key-param-host: {e}")))?,
         tz: config.tz,
         max_body_bytes: config.max_body_bytes,
         auth,
         guard,
+        body_budget: guard::BodyBudget::new(config.max_body_in_flight),
         accepting: AtomicBool::new(true),
     });
+    let (listener, bound) = listen(config.listen)?;
     let _server = server::Factory { app: Arc::clone(&app) }
-        .start(config.listen)
+        .start_on(listener)
         .map_err(|e| Failure::Runtime(format!("listening on {}: {e}", config.listen)))?;
     log::info!(
         "listening addr={} robots={} default_robot={} route_label={} tz={} state_dir={} version={}",
-        config.listen,
+        bound,
         config.robots.len(),
         config.default_robot,
         config.route_label,
@@ -181,6 +189,34 @@ fn serve(config: &Config, raw: RawArgs, signals: &Signals) -> Result<(), Failure
     }
     log::info!("exiting");
     Ok(())
+}
+
+/// Binds the listening socket without `SO_REUSEPORT` (which may's own `bind` sets, letting a
+/// second relay on the same port start and take half the alerts), so a port in use is an
+/// error. Returns the address actually bound (`--port 0` picks one).
+fn listen(
+    addr: std::net::SocketAddr,
+) -> Result<(may::net::TcpListener, std::net::SocketAddr), Failure> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let std_listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            Failure::Runtime(format!("port {} is already in use ({e})", addr.port()))
+        } else {
+            Failure::Runtime(format!("listening on {addr}: {e}"))
+        }
+    })?;
+    let bound = std_listener
+        .local_addr()
+        .map_err(|e| Failure::Runtime(format!("listening on {addr}: {e}")))?;
+    let fd = std_listener.into_raw_fd();
+    // SAFETY: `fd` is a listening TCP socket we own (just released by `into_raw_fd`); may's
+    // listener takes ownership. A longer backlog, as may's own bind uses: bursts of
+    // Alertmanager connections should queue, not be refused.
+    let listener = unsafe {
+        libc::listen(fd, 1024);
+        may::net::TcpListener::from_raw_fd(fd)
+    };
+    Ok((listener, bound))
 }
 
 /// Lifts the soft open-files limit to the hard one: every connection is a descriptor, and

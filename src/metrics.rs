@@ -19,6 +19,8 @@ static NOTIFICATIONS_FIRING: AtomicU64 = AtomicU64::new(0);
 static NOTIFICATIONS_RESOLVED: AtomicU64 = AtomicU64::new(0);
 static ALERTS_FIRING: AtomicU64 = AtomicU64::new(0);
 static ALERTS_RESOLVED: AtomicU64 = AtomicU64::new(0);
+static DEDUP_EVICTIONS: AtomicU64 = AtomicU64::new(0);
+static DEDUP_ENTRIES: AtomicU64 = AtomicU64::new(0);
 
 /// Send latency buckets in seconds.
 const BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -73,6 +75,26 @@ pub fn dedup_hit(robot: &str) {
 
 pub fn superseded(robot: &str, n: usize) {
     add(format!("weixin_robot_superseded_total{{robot=\"{}\"}}", label(robot)), n as u64);
+}
+
+/// A dedup table was full and forgot its oldest key before the window ended.
+pub fn dedup_evicted() {
+    DEDUP_EVICTIONS.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+pub fn dedup_evictions() -> u64 {
+    DEDUP_EVICTIONS.load(Ordering::Relaxed)
+}
+
+/// Keys held by all dedup tables grew (`true`) or shrank by `n`.
+pub fn dedup_entries(grew: bool, n: usize) {
+    let n = n as u64;
+    if grew {
+        DEDUP_ENTRIES.fetch_add(n, Ordering::Relaxed);
+    } else {
+        DEDUP_ENTRIES.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 pub fn inc_sent(robot: &str) {
@@ -168,6 +190,17 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
         out,
         "weixin_robot_alerts_received_total{{status=\"resolved\"}} {}",
         ALERTS_RESOLVED.load(Ordering::Relaxed)
+    );
+    counter(
+        &mut out,
+        "weixin_robot_dedup_evictions_total",
+        "Notifications forgotten by dedup before --dedup-window ended (--dedup-max-entries).",
+    );
+    let _ = writeln!(
+        out,
+        "weixin_robot_dedup_evictions_total {}\n# HELP weixin_robot_dedup_entries Notifications remembered for dedup.\n# TYPE weixin_robot_dedup_entries gauge\nweixin_robot_dedup_entries {}",
+        DEDUP_EVICTIONS.load(Ordering::Relaxed),
+        DEDUP_ENTRIES.load(Ordering::Relaxed)
     );
 
     let map = COUNTERS.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -4,31 +4,36 @@
 //! of the delivery contract: Alertmanager retries 5xx and network errors but never a 4xx, so a
 //! 4xx means "this body can never succeed" and a 503 means "keep it and try again".
 //!
-//! `may_minihttp` 0.1.11 is built for benchmarks and trusts its input. Its sharp edges and how
-//! we guard them from our side:
+//! `may_minihttp` 0.1.11 is built for benchmarks and trusts its input. We run a vendored copy
+//! with a small diff (`vendor/may_minihttp/PATCHES.md`): the head size and the answers a client
+//! leaves unread are bounded in its connection loop (our `max_head_bytes`/`max_unsent_bytes`),
+//! a malformed or oversized head is answered through [`HttpService::bad_head`], HEAD and
+//! HTTP/1.0 are answered correctly, and `Response::close` ends a connection after its answer.
+//! The sharp edges left, and how we guard them from our side:
 //! - `Request::body()` unwraps the Content-Length parse: we validate Content-Length first and
 //!   only call `body()` with a valid one; `Transfer-Encoding` is refused.
-//! - Body bytes we did not read would be parsed as the next request, and an error there drops
-//!   the connection before our answer is written: every body is read, discarded through
-//!   `body()`, or the answer goes straight to the socket and the connection is shut.
-//! - More than 16 headers, or a malformed head, ends the connection without an answer: the
-//!   connection's [`Conn`] is dropped while the client still waits, and its `Drop` answers 400.
-//! - No timeouts, no connection limit, unbounded head buffer: see [`crate::guard`].
+//! - Body bytes we did not read would be parsed as the next request: every body is read,
+//!   discarded through `body()`, or the answer closes the connection (`Response::close`), after
+//!   the answers to earlier pipelined requests have been written.
+//! - No timeouts, no connection limit: see [`crate::guard`]; bodies held at once are bounded
+//!   by [`crate::guard::BodyBudget`].
 
 use std::io::{self, Read};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use may_minihttp::{HttpService, HttpServiceFactory, Request, Response};
+use may_minihttp::{BadHead, HttpService, HttpServiceFactory, Request, Response};
 use serde_json::json;
 
 use crate::auth::Auth;
 use crate::fleet::Fleet;
-use crate::guard::{self, Admission, ConnState, Guard};
+use crate::guard::{self, Admission, BodyBudget, ConnState, Guard};
 use crate::intake::{self, Rejected};
+use crate::key_param::KeyParamHost;
 use crate::metrics;
 use crate::outbox::{EnqueueError, Enqueued};
+use crate::reject_log;
 use crate::time::TzOffset;
 
 /// Bodies above `--max-body` but at most this big are read and thrown away so the client gets
@@ -39,10 +44,14 @@ const DISCARD_LIMIT_BYTES: u64 = 64 << 20;
 pub struct App {
     pub fleet: Fleet,
     pub allow_key_param: bool,
+    /// `--key-param-host`: what a `?key=` URL may name (checked before a robot is made).
+    pub key_param_host: KeyParamHost,
     pub tz: TzOffset,
     pub max_body_bytes: u64,
     pub auth: Option<Auth>,
     pub guard: Arc<Guard>,
+    /// `--max-body-in-flight`.
+    pub body_budget: BodyBudget,
     /// Cleared on SIGTERM: `/alertinfo` answers 503 and readiness fails.
     pub accepting: AtomicBool,
 }
@@ -91,18 +100,6 @@ impl Drop for Conn {
             // A bug in handling this request; may catches the panic, the process lives on.
             metrics::request_rejected("internal_error");
             guard::answer_and_shut(self.fd, 500, "Internal Server Error", "internal error");
-            return;
-        }
-        // may_minihttp gave up on the request head (more than 16 headers, a line without a
-        // colon, …) and is about to close while the client still waits: tell it why.
-        if guard::peer_waiting(self.fd) {
-            metrics::request_rejected("bad_head");
-            guard::answer_and_shut(
-                self.fd,
-                400,
-                "Bad Request",
-                "malformed request head (at most 16 headers, each \"Name: value\")",
-            );
         }
     }
 }
@@ -113,15 +110,19 @@ struct Reply {
     reason: &'static str,
     headers: &'static [&'static str],
     body: String,
+    /// For a refusal: its one-line reason, logged (rate-limited) with the client's address.
+    why: Option<String>,
 }
 
 fn reply(code: usize, reason: &'static str, body: serde_json::Value) -> Reply {
-    Reply { code, reason, headers: &[], body: body.to_string() }
+    Reply { code, reason, headers: &[], body: body.to_string(), why: None }
 }
 
 fn error(code: usize, reason: &'static str, metric: &'static str, message: &str) -> Reply {
     metrics::request_rejected(metric);
-    reply(code, reason, json!({ "error": message }))
+    let mut r = reply(code, reason, json!({ "error": message }));
+    r.why = Some(message.to_string());
+    r
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -226,6 +227,44 @@ impl HttpService for Conn {
         }
         Ok(())
     }
+
+    fn max_head_bytes(&self) -> usize {
+        usize::try_from(self.app.guard.limits().max_header_bytes).unwrap_or(usize::MAX)
+    }
+
+    fn max_unsent_bytes(&self) -> usize {
+        usize::try_from(self.app.guard.limits().max_unsent_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// A head that does not parse (more than 16 headers, a line without a colon, …) or that
+    /// grew past `--max-header-bytes`; the connection closes after this answer.
+    fn bad_head(&mut self, why: BadHead, rsp: &mut Response) -> bool {
+        if self.closed {
+            return false;
+        }
+        let r = match why {
+            BadHead::Malformed => error(
+                400,
+                "Bad Request",
+                "bad_head",
+                "malformed request head (at most 16 headers, each \"Name: value\")",
+            ),
+            BadHead::TooLarge => error(
+                431,
+                "Request Header Fields Too Large",
+                "header_too_large",
+                "request head too large (--max-header-bytes)",
+            ),
+        };
+        self.respond(rsp, r);
+        true
+    }
+
+    fn waiting(&mut self, buffered: usize) {
+        if let Some(state) = &self.state {
+            state.waiting(buffered);
+        }
+    }
 }
 
 impl Conn {
@@ -246,15 +285,15 @@ impl Conn {
 
         let length = match framing(&req) {
             Framing::Invalid(why) => {
-                return self.answer_and_close(error(400, "Bad Request", "bad_framing", why));
+                return self.answer_and_close(rsp, error(400, "Bad Request", "bad_framing", why));
             }
             Framing::Chunked => {
                 let why = "Transfer-Encoding is not supported; send Content-Length";
-                return self.answer_and_close(error(411, "Length Required", "chunked", why));
+                return self.answer_and_close(rsp, error(411, "Length Required", "chunked", why));
             }
             Framing::Missing if wants_body => {
                 let r = error(411, "Length Required", "no_length", "Content-Length is required");
-                return self.answer_and_close(r);
+                return self.answer_and_close(rsp, r);
             }
             Framing::Missing => 0,
             Framing::Length(n) => n,
@@ -275,16 +314,30 @@ impl Conn {
 
         if let Some(r) = refusal {
             if length > DISCARD_LIMIT_BYTES {
-                return self.answer_and_close(r);
+                return self.answer_and_close(rsp, r);
             }
             // Read and throw away whatever body came along, in small steps, never keeping it.
             let discarded = io::copy(&mut req.body().take(length), &mut io::sink());
             if discarded.map_or(true, |n| n < length) {
                 return self.close();
             }
-            return write_reply(rsp, r);
+            return self.respond(rsp, r);
         }
 
+        // Reserved before the first body byte is read; given back when this request is done.
+        let app = Arc::clone(&self.app);
+        let Some(_permit) = app.body_budget.take(length) else {
+            metrics::request_rejected("bodies_in_flight");
+            let r = Reply {
+                code: 503,
+                reason: "Service Unavailable",
+                headers: &["Retry-After: 5"],
+                body: json!({ "error": "busy: too many request bodies in flight, retry" })
+                    .to_string(),
+                why: None,
+            };
+            return self.answer_and_close(rsp, r);
+        };
         // `length` is within --max-body here, so this allocation is bounded.
         let mut body = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
         let read = req.body().take(length).read_to_end(&mut body);
@@ -293,7 +346,17 @@ impl Conn {
             metrics::request_rejected("short_body");
             return self.close();
         }
-        write_reply(rsp, self.intake(&body, path_robot.as_deref(), key_param.as_deref()));
+        let r = self.intake(&body, path_robot.as_deref(), key_param.as_deref());
+        self.respond(rsp, r);
+    }
+
+    /// Writes the answer; a refusal (4xx) is logged with the client's address.
+    fn respond(&self, rsp: &mut Response, r: Reply) {
+        if let (400..=499, Some(why)) = (r.code, r.why.as_deref()) {
+            let code = u16::try_from(r.code).unwrap_or(400);
+            reject_log::rejected(guard::peer_addr(self.fd), code, why);
+        }
+        write_reply(rsp, r);
     }
 
     fn authorized(&self, req: &Request) -> bool {
@@ -340,6 +403,7 @@ impl Conn {
                     reason: "OK",
                     headers: &["Content-Type: text/plain; version=0.0.4; charset=utf-8"],
                     body: metrics::render(&gauges, self.app.guard.connections()),
+                    why: None,
                 }
             }
             Route::Reload if method == Method::Post => match self.app.fleet.reload() {
@@ -394,9 +458,14 @@ impl Conn {
                 let why = "?key= is off; start the relay with --allow-key-param";
                 return error(400, "Bad Request", "key_param_off", why);
             }
-            (None, Some(key)) => match self.app.fleet.adhoc(key) {
-                Ok(robot) => Some(robot),
-                Err(e) => return error(400, "Bad Request", "bad_key_param", &e),
+            (None, Some(key)) => match self.app.key_param_host.check(key) {
+                Err(e) => {
+                    return error(400, "Bad Request", "bad_key_param", &format!("?key=: {e}"))
+                }
+                Ok(()) => match self.app.fleet.adhoc(key) {
+                    Ok(robot) => Some(robot),
+                    Err(e) => return error(400, "Bad Request", "bad_key_param", &e),
+                },
             },
             (None, None) => None,
         };
@@ -405,10 +474,7 @@ impl Conn {
                 reply(200, "OK", json!({"status": "queued", "id": id}))
             }
             Ok(Enqueued::Duplicate) => reply(200, "OK", json!({"status": "duplicate"})),
-            Err(Rejected::BadPayload(reason)) => {
-                log::warn!("notification rejected reason={reason:?}");
-                error(400, "Bad Request", "bad_payload", &reason)
-            }
+            Err(Rejected::BadPayload(reason)) => error(400, "Bad Request", "bad_payload", &reason),
             Err(Rejected::Unavailable(e)) => {
                 let metric = match e {
                     EnqueueError::Full => "outbox_full",
@@ -425,14 +491,12 @@ impl Conn {
         }
     }
 
-    /// Writes the answer straight to the socket and shuts it, for requests whose remaining
-    /// bytes we cannot or will not read. may_minihttp then finds the socket closed and drops
-    /// the connection; whatever it still holds is never parsed (`closed`).
-    fn answer_and_close(&mut self, r: Reply) {
-        let code = u16::try_from(r.code).unwrap_or(500);
-        let raw = guard::raw_response(code, r.reason, r.headers, &r.body);
-        self.closed = true;
-        guard::write_and_shut(self.fd, raw.as_bytes());
+    /// Answers and closes the connection, for requests whose remaining bytes we cannot or
+    /// will not read. Answers to earlier pipelined requests go out first; whatever follows
+    /// this request is never parsed (`Response::close`, vendored may_minihttp).
+    fn answer_and_close(&mut self, rsp: &mut Response, r: Reply) {
+        self.respond(rsp, r);
+        rsp.close();
     }
 
     /// Shuts the socket both ways; the connection loop then ends on its next read or write.
@@ -450,6 +514,7 @@ fn unavailable(e: &EnqueueError, metric: &'static str) -> Reply {
         // Alertmanager ignores Retry-After and uses its own backoff; other senders may not.
         headers: &["Retry-After: 30"],
         body: json!({ "error": e.to_string() }).to_string(),
+        why: None,
     }
 }
 

@@ -6,29 +6,87 @@
 //! Notifications holding a resolved alert are never looked up here: losing a "recovered"
 //! message is worse than a duplicate one.
 //!
-//! Pure: the caller passes `now`.
+//! Bounded: at most `--dedup-max-entries` keys per table (set once at start-up with
+//! [`set_max_entries`]); past it the oldest key is forgotten early and counted in
+//! `weixin_robot_dedup_evictions_total`, so memory stays bounded whatever the rate of unique
+//! notifications. An entry costs about 40 bytes: the key and its time in a `HashMap<u64, u64>`
+//! plus the same pair in the age queue.
+//!
+//! Pure apart from the process-wide cap and counters: the caller passes `now`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::metrics;
+
+/// `--dedup-max-entries`, per table.
+static MAX_ENTRIES: AtomicUsize = AtomicUsize::new(100_000);
+
+/// Sets the per-table cap for tables created from now on (called once, before any robot).
+pub fn set_max_entries(n: usize) {
+    MAX_ENTRIES.store(n.max(1), Ordering::Relaxed);
+}
 
 pub struct Dedup {
     window: Duration,
-    seen: HashSet<u64>,
-    order: VecDeque<(Instant, u64)>,
+    max_entries: usize,
+    /// The first `now` passed in; times are kept as milliseconds after it (8 bytes, not 16).
+    epoch: Option<Instant>,
+    /// Key → when it was recorded (milliseconds after `epoch`).
+    seen: HashMap<u64, u64>,
+    /// `(recorded_ms, key)`, oldest first. A pair whose time no longer matches `seen` is stale
+    /// (the key was forgotten, or recorded again) and is skipped.
+    order: VecDeque<(u64, u64)>,
 }
 
 impl Dedup {
     pub fn new(window: Duration) -> Dedup {
-        Dedup { window, seen: HashSet::new(), order: VecDeque::new() }
+        Dedup::with_max_entries(window, MAX_ENTRIES.load(Ordering::Relaxed))
     }
 
-    fn prune(&mut self, now: Instant) {
-        while let Some(&(at, key)) = self.order.front() {
-            if now.saturating_duration_since(at) < self.window {
+    pub fn with_max_entries(window: Duration, max_entries: usize) -> Dedup {
+        Dedup {
+            window,
+            max_entries: max_entries.max(1),
+            epoch: None,
+            seen: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn ms(&mut self, at: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(at);
+        u64::try_from(at.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Drops the oldest pair; true when it held a live key.
+    fn pop_oldest(&mut self) -> bool {
+        let Some((at, key)) = self.order.pop_front() else { return false };
+        if self.seen.get(&key) == Some(&at) {
+            self.seen.remove(&key);
+            metrics::dedup_entries(false, 1);
+            return true;
+        }
+        false
+    }
+
+    fn prune(&mut self, now_ms: u64) {
+        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        while let Some(&(at, _)) = self.order.front() {
+            if now_ms.saturating_sub(at) < window_ms {
                 break;
             }
-            self.order.pop_front();
-            self.seen.remove(&key);
+            self.pop_oldest();
+        }
+        // Full, or the queue is mostly stale pairs (many `forget`s): drop from the old end.
+        while self.seen.len() >= self.max_entries || self.order.len() > 2 * self.max_entries {
+            if self.pop_oldest() {
+                metrics::dedup_evicted();
+            }
+            if self.order.is_empty() {
+                break;
+            }
         }
     }
 
@@ -37,20 +95,39 @@ impl Dedup {
         if self.window.is_zero() {
             return false;
         }
-        self.prune(now);
-        if self.seen.contains(&key) {
-            return true;
+        let now_ms = self.ms(now);
+        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        if let Some(&at) = self.seen.get(&key) {
+            if now_ms.saturating_sub(at) < window_ms {
+                return true;
+            }
         }
-        self.seen.insert(key);
-        self.order.push_back((now, key));
+        self.prune(now_ms);
+        if self.seen.insert(key, now_ms).is_none() {
+            metrics::dedup_entries(true, 1);
+        }
+        self.order.push_back((now_ms, key));
         false
     }
 
     /// Takes back a key whose notification could not be queued after all, so its retry counts.
+    /// Constant time: its pair in the age queue goes stale and is skipped later.
     pub fn forget(&mut self, key: u64) {
-        if self.seen.remove(&key) {
-            self.order.retain(|&(_, k)| k != key);
+        if self.seen.remove(&key).is_some() {
+            metrics::dedup_entries(false, 1);
         }
+    }
+
+    /// Keys held by this table.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+impl Drop for Dedup {
+    fn drop(&mut self) {
+        metrics::dedup_entries(false, self.seen.len());
     }
 }
 
@@ -74,6 +151,38 @@ mod tests {
         let mut d = Dedup::new(Duration::ZERO);
         assert!(!d.is_duplicate(1, t0));
         assert!(!d.is_duplicate(1, t0));
+    }
+
+    #[test]
+    fn the_cap_forgets_the_oldest_first_and_counts_it() {
+        let t0 = Instant::now();
+        let mut d = Dedup::with_max_entries(Duration::from_secs(300), 3);
+        let before = metrics::dedup_evictions();
+        for k in 0..10u64 {
+            assert!(!d.is_duplicate(k, t0 + Duration::from_millis(k)));
+            assert!(d.len() <= 3);
+        }
+        assert!(metrics::dedup_evictions() - before >= 7, "evictions counted");
+        // The newest are still known, the oldest were forgotten.
+        assert!(d.is_duplicate(9, t0 + Duration::from_secs(1)));
+        assert!(!d.is_duplicate(0, t0 + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn forget_then_record_again_keeps_the_new_time() {
+        let t0 = Instant::now();
+        let mut d = Dedup::with_max_entries(Duration::from_secs(10), 100);
+        assert!(!d.is_duplicate(1, t0));
+        d.forget(1);
+        assert!(!d.is_duplicate(1, t0 + Duration::from_secs(8)));
+        // The stale pair from t0 expires at 10 s without taking the new record with it.
+        assert!(d.is_duplicate(1, t0 + Duration::from_secs(12)));
+        // Many forgets leave the age queue bounded.
+        for _ in 0..1000 {
+            d.forget(1);
+            assert!(!d.is_duplicate(1, t0 + Duration::from_secs(13)));
+        }
+        assert!(d.order.len() <= 201, "{}", d.order.len());
     }
 
     #[test]

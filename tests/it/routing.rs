@@ -294,7 +294,13 @@ fn key_param_is_off_by_default_and_works_when_allowed() {
     drop(off);
 
     let default = FakeWeCom::start();
-    let relay = Relay::start(&["--key", &default.url(), "--allow-key-param"]);
+    let relay = Relay::start(&[
+        "--key",
+        &default.url(),
+        "--allow-key-param",
+        "--key-param-host",
+        "127.0.0.1",
+    ]);
     for fake in [&a, &b] {
         let r = post(relay.addr, &format!("/alertinfo?key={}", url_encode(&fake.url())), &body);
         assert_eq!(r.status, 200, "{}", r.body);

@@ -32,6 +32,40 @@ macro_rules! t_c {
 ///
 pub trait HttpService {
     fn call(&mut self, req: Request, rsp: &mut Response) -> io::Result<()>;
+
+    // weixin-robot: the hooks below have defaults that keep upstream behaviour (no limits,
+    // close silently on a bad head), so the trait stays source compatible.
+
+    /// weixin-robot: bytes of an incomplete request head the connection may buffer; past it
+    /// the head is refused with [`BadHead::TooLarge`]. Counts only unparsed head bytes, never
+    /// body bytes, whenever they arrive.
+    fn max_head_bytes(&self) -> usize {
+        usize::MAX
+    }
+
+    /// weixin-robot: answer bytes the client has not taken yet past which the connection
+    /// stops reading and handling requests until the client reads (a pipeliner that never
+    /// reads cannot grow the answer buffer without bound).
+    fn max_unsent_bytes(&self) -> usize {
+        usize::MAX
+    }
+
+    /// weixin-robot: the request head is malformed or too large. Fill `rsp` and return true
+    /// to send an answer; the connection is closed after it either way.
+    fn bad_head(&mut self, _why: BadHead, _rsp: &mut Response) -> bool {
+        false
+    }
+
+    /// weixin-robot: the connection is about to wait for the client, holding `buffered` bytes
+    /// of a request that is not complete yet (0: idle between requests).
+    fn waiting(&mut self, _buffered: usize) {}
+}
+
+/// weixin-robot: why a request head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadHead {
+    Malformed,
+    TooLarge,
 }
 
 pub trait HttpServiceFactory: Send + Sized + 'static {
@@ -43,6 +77,12 @@ pub trait HttpServiceFactory: Send + Sized + 'static {
     /// return a coroutine that you can cancel it when need to stop the service
     fn start<L: ToSocketAddrs>(self, addr: L) -> io::Result<coroutine::JoinHandle<()>> {
         let listener = TcpListener::bind(addr)?;
+        self.start_on(listener)
+    }
+
+    /// weixin-robot: serves on a listener the caller bound (upstream's `bind` sets
+    /// SO_REUSEPORT, so a second server on the same port would start and share the traffic).
+    fn start_on(self, listener: TcpListener) -> io::Result<coroutine::JoinHandle<()>> {
         go!(
             coroutine::Builder::new().name("TcpServerFac".to_owned()),
             move || {
@@ -137,37 +177,134 @@ fn each_connection_loop<T: HttpService>(stream: &mut TcpStream, mut service: T) 
     let mut req_buf = BytesMut::with_capacity(BUF_LEN);
     let mut rsp_buf = BytesMut::with_capacity(BUF_LEN);
     let mut body_buf = BytesMut::with_capacity(4096);
+    // weixin-robot: limits from the service, read once per connection.
+    let max_head = service.max_head_bytes();
+    let max_unsent = service.max_unsent_bytes();
 
     loop {
-        let read_blocked = nonblock_read(stream.inner_mut(), &mut req_buf)?;
+        // weixin-robot: while the client leaves `max_unsent` answer bytes unread, read and
+        // handle nothing more; only write, and wait for the socket to take bytes.
+        let throttled = rsp_buf.len() >= max_unsent;
+        let mut read_blocked = false;
+        let mut closing = false;
+        if !throttled {
+            read_blocked = nonblock_read(stream.inner_mut(), &mut req_buf)?;
+        }
 
         // prepare the requests, we should make sure the request is fully read
-        loop {
+        while !throttled && rsp_buf.len() < max_unsent {
             let mut headers = [MaybeUninit::uninit(); request::MAX_HEADERS];
-            let req = match request::decode(&mut headers, &mut req_buf, stream)? {
-                Some(req) => req,
-                None => break,
+            // weixin-robot: an incomplete head stays whole in `req_buf`; a refused one ends
+            // the loop (after the borrow of `req_buf` by `decode`).
+            let buffered = req_buf.len();
+            let refused = match request::decode(&mut headers, &mut req_buf, stream) {
+                Ok(Some(req)) => Ok(req),
+                Ok(None) if buffered > max_head => Err(BadHead::TooLarge),
+                Ok(None) => break,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(BadHead::Malformed),
+                Err(e) => return Err(e),
             };
+            let req = match refused {
+                Ok(req) => req,
+                Err(why) => {
+                    bad_head(&mut service, why, &mut body_buf, &mut rsp_buf);
+                    return close_after_flush(stream, &mut rsp_buf, &mut req_buf);
+                }
+            };
+            // weixin-robot: HEAD gets the headers of the GET answer without its body; an
+            // HTTP/1.0 request or `Connection: close` ends the connection after the answer.
+            let head_only = req.method() == "HEAD";
+            let close = req.version() == 0 || request::wants_close(&req);
             reserve_buf(&mut rsp_buf);
             let mut rsp = Response::new(&mut body_buf);
+            rsp.head_only = head_only;
             match service.call(req, &mut rsp) {
-                Ok(()) => response::encode(rsp, &mut rsp_buf),
+                Ok(()) => {
+                    closing = close || rsp.closing;
+                    response::encode(rsp, &mut rsp_buf, closing)
+                }
                 Err(e) => {
-                    eprintln!("service err = {:?}", e);
+                    // weixin-robot: through `log` instead of an untimestamped stderr line.
+                    error!("service err = {:?}", e);
                     response::encode_error(e, &mut rsp_buf);
                 }
+            }
+            if closing {
+                break;
             }
             // here need to use no_delay tcp option
             // nonblock_write(stream.inner_mut(), &mut rsp_buf)?;
         }
 
+        if closing {
+            // weixin-robot: bytes after this request are never parsed.
+            return close_after_flush(stream, &mut rsp_buf, &mut req_buf);
+        }
+
         // write out the responses
         nonblock_write(stream.inner_mut(), &mut rsp_buf)?;
 
-        if read_blocked {
+        if rsp_buf.len() >= max_unsent {
+            // weixin-robot: the client is not reading; wake when the socket takes bytes.
+            stream.wait_io();
+        } else if throttled {
+            // weixin-robot: drained below the bound: handle what is buffered, then read.
+        } else if read_blocked {
+            service.waiting(req_buf.len());
             stream.wait_io();
         }
     }
+}
+
+/// weixin-robot: asks the service for an answer to a bad head and queues it.
+#[cfg(unix)]
+fn bad_head<T: HttpService>(
+    service: &mut T,
+    why: BadHead,
+    body_buf: &mut BytesMut,
+    rsp_buf: &mut BytesMut,
+) {
+    let mut rsp = Response::new(body_buf);
+    if service.bad_head(why, &mut rsp) {
+        response::encode(rsp, rsp_buf, true);
+    }
+}
+
+/// weixin-robot: bytes read and thrown away after the last answer, so that closing does not
+/// reset the connection (and lose the answer) while the client is still sending.
+#[cfg(unix)]
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// weixin-robot: writes every queued answer, half-closes, and reads what the client still
+/// sends (up to [`LINGER_BYTES`]) until it closes. Waits are bounded by the caller's
+/// deadlines (weixin-robot's reaper shuts a socket that overstays).
+#[cfg(unix)]
+fn close_after_flush(
+    stream: &mut TcpStream,
+    rsp_buf: &mut BytesMut,
+    req_buf: &mut BytesMut,
+) -> io::Result<()> {
+    while !rsp_buf.is_empty() {
+        nonblock_write(stream.inner_mut(), rsp_buf)?;
+        if !rsp_buf.is_empty() {
+            stream.wait_io();
+        }
+    }
+    stream.shutdown(std::net::Shutdown::Write).ok();
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        req_buf.clear();
+        match nonblock_read(stream.inner_mut(), req_buf) {
+            Ok(blocked) => {
+                discarded += req_buf.len();
+                if blocked {
+                    stream.wait_io();
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(not(unix))]
@@ -196,7 +333,7 @@ fn each_connection_loop<T: HttpService>(stream: &mut TcpStream, mut service: T) 
                 };
                 let mut rsp = Response::new(&mut body_buf);
                 match service.call(req, &mut rsp) {
-                    Ok(()) => response::encode(rsp, &mut rsp_buf),
+                    Ok(()) => response::encode(rsp, &mut rsp_buf, false),
                     Err(e) => {
                         eprintln!("service err = {:?}", e);
                         response::encode_error(e, &mut rsp_buf);

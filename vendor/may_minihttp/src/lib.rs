@@ -6,6 +6,6 @@ mod http_server;
 mod request;
 mod response;
 
-pub use http_server::{HttpServer, HttpService, HttpServiceFactory};
+pub use http_server::{BadHead, HttpServer, HttpService, HttpServiceFactory};
 pub use request::{BodyReader, Request};
 pub use response::Response;

@@ -134,6 +134,16 @@ impl<'buf, 'header, 'stream> Request<'buf, 'header, 'stream> {
     }
 }
 
+/// weixin-robot: true when the client asked to close the connection after this answer.
+pub(crate) fn wants_close(req: &Request) -> bool {
+    req.headers().iter().any(|h| {
+        h.name.eq_ignore_ascii_case("connection")
+            && std::str::from_utf8(h.value)
+                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+                .unwrap_or(false)
+    })
+}
+
 impl<'buf, 'header, 'stream> fmt::Debug for Request<'buf, 'header, 'stream> {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "<HTTP Request {} {}>", self.method(), self.path())
@@ -152,9 +162,10 @@ pub fn decode<'header, 'buf, 'stream>(
     let status = match req.parse_with_uninit_headers(buf, headers) {
         Ok(s) => s,
         Err(e) => {
+            // weixin-robot: no eprintln (an untimestamped stderr line per bad request); the
+            // caller answers it. `InvalidData` tells it apart from socket errors.
             let msg = format!("failed to parse http request: {e:?}");
-            eprintln!("{msg}");
-            return err(io::Error::new(io::ErrorKind::Other, msg));
+            return err(io::Error::new(io::ErrorKind::InvalidData, msg));
         }
     };
 

@@ -9,6 +9,10 @@ pub struct Response<'a> {
     status_message: StatusMessage,
     body: Body,
     rsp_buf: &'a mut BytesMut,
+    // weixin-robot: answer a HEAD request: headers only (set by the connection loop).
+    pub(crate) head_only: bool,
+    // weixin-robot: close the connection once this answer is written (see `close`).
+    pub(crate) closing: bool,
 }
 
 enum Body {
@@ -35,7 +39,17 @@ impl<'a> Response<'a> {
                 msg: "Ok",
             },
             rsp_buf,
+            head_only: false,
+            closing: false,
         }
+    }
+
+    /// weixin-robot: closes the connection after this answer; whatever the client sent after
+    /// the request is never parsed. For answers given without reading the request's body.
+    #[inline]
+    pub fn close(&mut self) -> &mut Self {
+        self.closing = true;
+        self
     }
 
     #[inline]
@@ -102,7 +116,7 @@ impl<'a> Drop for Response<'a> {
     }
 }
 
-pub(crate) fn encode(mut rsp: Response, buf: &mut BytesMut) {
+pub(crate) fn encode(mut rsp: Response, buf: &mut BytesMut, close: bool) {
     if rsp.status_message.code == 200 {
         buf.extend_from_slice(b"HTTP/1.1 200 Ok\r\nServer: M\r\nDate: ");
     } else {
@@ -125,8 +139,16 @@ pub(crate) fn encode(mut rsp: Response, buf: &mut BytesMut) {
         buf.extend_from_slice(h.as_bytes());
     }
 
+    // weixin-robot: say so when the connection ends after this answer.
+    if close {
+        buf.extend_from_slice(b"\r\nConnection: close");
+    }
+
     buf.extend_from_slice(b"\r\n\r\n");
-    buf.extend_from_slice(rsp.get_body());
+    // weixin-robot: a HEAD answer carries Content-Length but no body.
+    if !rsp.head_only {
+        buf.extend_from_slice(rsp.get_body());
+    }
 }
 
 #[cold]
