@@ -18,7 +18,10 @@
 //!   waiting in the kernel) is closed without an answer instead: a request sent just as the
 //!   deadline passes then meets a closed connection, which every client treats as a network
 //!   error and retries, whereas a `408` for it would be taken as the answer to that request
-//!   (Alertmanager never retries a 4xx, so the alert would be lost).
+//!   (Alertmanager never retries a 4xx, so the alert would be lost). A request that has begun
+//!   arriving when the deadline passes (bytes held by the loop or unread in the kernel, which
+//!   is also how a request looks while we are too busy to read it) gets one more
+//!   `request_timeout` before its `408`.
 //! - Count: past `max_connections`, a new connection gets `503` and a half-close, and lingers
 //!   (uncounted) until its client has read the answer; past twice the limit, it is shut at
 //!   once.
@@ -55,6 +58,8 @@ pub struct ConnState {
     in_call: AtomicBool,
     /// The connection loop holds part of a next request (set before each wait for the client).
     partial: AtomicBool,
+    /// The reaper gave a request that began arriving near the idle deadline more time.
+    extended: AtomicBool,
 }
 
 impl ConnState {
@@ -65,12 +70,14 @@ impl ConnState {
     /// A request head arrived: its body now has `request_timeout` to follow.
     pub fn call_started(&self) {
         self.deadline_ms.store(self.now_ms() + self.timeout_ms, Ordering::Relaxed);
+        self.extended.store(false, Ordering::Relaxed);
         self.in_call.store(true, Ordering::Relaxed);
     }
 
     /// The answer is ready: the next request has `request_timeout` to arrive.
     pub fn call_finished(&self) {
         self.deadline_ms.store(self.now_ms() + self.timeout_ms, Ordering::Relaxed);
+        self.extended.store(false, Ordering::Relaxed);
         self.in_call.store(false, Ordering::Relaxed);
     }
 
@@ -143,6 +150,7 @@ impl Guard {
             deadline_ms: AtomicU64::new(0),
             in_call: AtomicBool::new(false),
             partial: AtomicBool::new(false),
+            extended: AtomicBool::new(false),
         });
         state.deadline_ms.store(state.now_ms() + timeout_ms, Ordering::Relaxed);
         let entry = Entry { state: Arc::clone(&state), killed: false, counted: !over };
@@ -191,12 +199,18 @@ impl Guard {
                     write_and_shut(fd, b"");
                     continue;
                 }
-                let idle = !st.in_call.load(Ordering::Relaxed)
-                    && !st.partial.load(Ordering::Relaxed)
-                    && unread_bytes(fd) == 0;
+                let in_call = st.in_call.load(Ordering::Relaxed);
+                let idle = !in_call && !st.partial.load(Ordering::Relaxed) && unread_bytes(fd) == 0;
                 if idle {
                     // Nothing of a next request anywhere: close, do not answer (module doc).
                     write_and_shut(fd, b"");
+                    continue;
+                }
+                if !in_call && !st.extended.swap(true, Ordering::Relaxed) {
+                    // A request began arriving before the idle deadline (or waits unread
+                    // while we are busy): it gets its own `request_timeout`, once.
+                    e.killed = false;
+                    st.deadline_ms.store(st.now_ms() + st.timeout_ms, Ordering::Relaxed);
                     continue;
                 }
                 metrics::request_rejected("timeout");

@@ -6,6 +6,7 @@ mod alertmanager_e2e;
 mod cli;
 mod delivery;
 mod hardening;
+mod hostile;
 mod intake;
 mod messages;
 mod operability;

@@ -187,7 +187,10 @@ fn each_connection_loop<T: HttpService>(stream: &mut TcpStream, mut service: T) 
         let throttled = rsp_buf.len() >= max_unsent;
         let mut read_blocked = false;
         let mut closing = false;
-        if !throttled {
+        // weixin-robot: nor read while more than a head's worth of requests wait in
+        // `req_buf` (left there by the bound above): handle those first, so the buffer stays
+        // within `max_head` plus one read.
+        if !throttled && req_buf.len() <= max_head {
             read_blocked = nonblock_read(stream.inner_mut(), &mut req_buf)?;
         }
 
