@@ -214,6 +214,7 @@ impl Guard {
                     continue;
                 }
                 metrics::request_rejected("timeout");
+                crate::reject_log::rejected(peer_addr(fd), 408, "request not received in time");
                 answer_and_shut(fd, 408, "Request Timeout", "request not received in time");
             }
         }

@@ -159,6 +159,9 @@ fn nonblock_write(stream: &mut impl Write, rsp_buf: &mut BytesMut) -> io::Result
 }
 
 const BUF_LEN: usize = 4096 * 8;
+/// weixin-robot: first read buffer of a connection (see `each_connection_loop`).
+#[cfg(unix)]
+const IDLE_BUF_LEN: usize = 4096;
 #[inline]
 pub(crate) fn reserve_buf(buf: &mut BytesMut) {
     let rem = buf.capacity() - buf.len();
@@ -174,9 +177,13 @@ pub struct HttpServer<T>(pub T);
 
 #[cfg(unix)]
 fn each_connection_loop<T: HttpService>(stream: &mut TcpStream, mut service: T) -> io::Result<()> {
-    let mut req_buf = BytesMut::with_capacity(BUF_LEN);
-    let mut rsp_buf = BytesMut::with_capacity(BUF_LEN);
-    let mut body_buf = BytesMut::with_capacity(4096);
+    // weixin-robot: start small and grow on use (`reserve_buf`): an idle or slow connection
+    // then holds one 4 KiB read buffer instead of 68 KiB of buffers, whose first pages malloc
+    // touches anyway. The answer buffer is allocated with the first answer; `body_buf` only
+    // serves `Response::body_mut`, which weixin-robot does not use.
+    let mut req_buf = BytesMut::with_capacity(IDLE_BUF_LEN);
+    let mut rsp_buf = BytesMut::new();
+    let mut body_buf = BytesMut::new();
     // weixin-robot: limits from the service, read once per connection.
     let max_head = service.max_head_bytes();
     let max_unsent = service.max_unsent_bytes();
