@@ -183,7 +183,7 @@ pub const FLAGS: &[Flag] = &[
         Some("WEIXIN_ROBOT_REQUEST_TIMEOUT"),
         Some("DURATION"),
         Some("10s"),
-        "a request must arrive this soon after connect or the previous answer; else 408, closed",
+        "a request must arrive this soon after connect or the previous answer; else 408 (idle: closed)",
     ),
     flag(
         "--max-unsent-bytes",
