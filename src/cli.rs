@@ -103,7 +103,7 @@ pub const FLAGS: &[Flag] = &[
         Some("WEIXIN_ROBOT_DEDUP_WINDOW"),
         Some("DURATION"),
         Some("5m"),
-        "drop a repeated identical firing notification within this window (0 disables)",
+        "do not send an alert state the group was told within this window again (0 disables)",
     ),
     flag(
         "--state-dir",
@@ -135,7 +135,7 @@ pub const FLAGS: &[Flag] = &[
         Some("WEIXIN_ROBOT_QUEUE_MAX_BYTES"),
         Some("BYTES"),
         Some("64MiB"),
-        "outbox limit in bytes of rendered messages",
+        "outbox limit in estimated bytes of pending messages; past it 503",
     ),
     flag(
         "--retry-initial",
@@ -160,6 +160,14 @@ pub const FLAGS: &[Flag] = &[
         Some("BYTES"),
         Some("4MiB"),
         "largest accepted request body; larger → 413",
+    ),
+    flag(
+        "--max-alerts",
+        None,
+        Some("WEIXIN_ROBOT_MAX_ALERTS"),
+        Some("N"),
+        Some("5000"),
+        "most alerts in one notification; more → 413 (Alertmanager's max_alerts keeps it below)",
     ),
     flag(
         "--max-header-bytes",

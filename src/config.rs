@@ -50,6 +50,8 @@ pub struct Config {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub max_body_bytes: u64,
+    /// `--max-alerts`: more alerts in one notification → 413.
+    pub max_alerts: usize,
     pub max_header_bytes: u64,
     pub max_connections: usize,
     pub request_timeout: Duration,
@@ -153,6 +155,7 @@ impl Config {
         let max_connections = count("--max-connections")?;
         let queue_max_bytes = bytes("--queue-max-bytes")?;
         let max_body_bytes = bytes("--max-body")?;
+        let max_alerts = count("--max-alerts")?;
         let max_header_bytes = bytes("--max-header-bytes")?;
         if max_body_bytes == 0 || max_header_bytes == 0 {
             return Err(invalid("--max-body", "sizes must be above zero"));
@@ -217,6 +220,7 @@ impl Config {
             retry_initial,
             retry_max,
             max_body_bytes,
+            max_alerts,
             max_header_bytes,
             max_connections,
             request_timeout,

@@ -6,14 +6,24 @@
 //! in force. Then, under one write lock, the new routing replaces the old. A robot that stays
 //! keeps its outbox and budget history; its key, rate and mentions are updated in place. A new
 //! robot gets an outbox and a sender. A removed robot stops taking notifications but keeps
-//! delivering what it holds, and is drained on shutdown like the others. Only robots, routing
-//! and mentions reload; other flags need a restart.
+//! delivering what it holds, and is drained on shutdown like the others; added back, it takes
+//! that same outbox back (never two outboxes on one spool directory, never a second sender).
+//! Only robots, routing and mentions reload; other flags need a restart.
+//!
+//! At start every robot directory under `--state-dir` is read: one whose robot is not
+//! configured is kept ("parked", no sender, logged once, `weixin_robot_unrouted_alerts`) and
+//! delivered when a reload or a `?key=` brings the robot back. Idle `?key=` robots (nothing
+//! pending) are evicted, least recently used first, when a new key needs a slot.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Instant;
 
 use crate::cli::RawArgs;
 use crate::config::Config;
+use crate::config_file::MentionEntry;
+use crate::metrics;
 use crate::outbox::sender::{self, Target};
 use crate::outbox::spool::fnv1a64;
 use crate::outbox::{spool::Spool, Limits, Outbox};
@@ -21,41 +31,78 @@ use crate::robots::RobotConfig;
 use crate::routing::{Robot, Robots};
 use crate::wecom::{self, WebhookUrl};
 
+type Current = Arc<RwLock<Arc<Robots>>>;
+
 pub struct Fleet {
     raw: RawArgs,
     /// What start-up settled; a reload takes its robots and routing from the file anew.
     base: Config,
-    current: RwLock<Arc<Robots>>,
+    current: Current,
     /// Removed by a reload, still delivering what they hold.
     retired: Mutex<Vec<Arc<Robot>>>,
+    /// Outboxes found on disk for robots not configured: kept, not sent, until they return.
+    parked: Mutex<HashMap<String, Arc<Outbox>>>,
     /// One reload at a time.
     reloading: Mutex<()>,
-    /// Robots made for `?key=` (with `--allow-key-param`), by name.
-    adhoc: Mutex<Vec<Arc<Robot>>>,
+    /// Robots made for `?key=` (with `--allow-key-param`), with when each was last used.
+    adhoc: Mutex<Vec<(Arc<Robot>, Instant)>>,
     /// Built once at start-up (it holds `--ca-file`'s certificates); every robot sends with a
     /// copy.
     client: wecom::Client,
 }
 
-/// At most this many different `?key=` robots: each is a thread and an outbox.
+/// At most this many different `?key=` robots at once: each is a thread and an outbox. Idle
+/// ones are evicted to make room.
 const MAX_ADHOC_ROBOTS: usize = 32;
 
 impl Fleet {
     pub fn start(config: &Config, raw: RawArgs, client: wecom::Client) -> Result<Fleet, String> {
+        let mut parked = park_unconfigured(config)?;
         let mut robots = Vec::new();
         for rc in &config.robots {
-            robots.push(Arc::new(start_robot(config, &client, rc)?));
+            robots.push(make_robot(config, &client, rc, &mut parked)?);
         }
-        let robots = routing(config, robots)?;
-        Ok(Fleet {
+        let routing = routing(config, robots.clone())?;
+        let fleet = Fleet {
             raw,
             base: config.clone(),
-            current: RwLock::new(Arc::new(robots)),
+            current: Arc::new(RwLock::new(Arc::new(routing))),
             retired: Mutex::new(Vec::new()),
+            parked: Mutex::new(parked),
             reloading: Mutex::new(()),
             adhoc: Mutex::new(Vec::new()),
             client,
-        })
+        };
+        for robot in &robots {
+            fleet.spawn_sender(robot)?;
+        }
+        Ok(fleet)
+    }
+
+    fn spawn_sender(&self, robot: &Arc<Robot>) -> Result<(), String> {
+        let weak: Weak<Robot> = Arc::downgrade(robot);
+        let current = Arc::clone(&self.current);
+        let mentions: sender::Mentions = Arc::new(move |payload| {
+            let Some(robot) = weak.upgrade() else { return MentionEntry::default() };
+            let robots = Arc::clone(&current.read().unwrap_or_else(|p| p.into_inner()));
+            robots.mentions_for(&robot, payload)
+        });
+        sender::spawn(
+            sender::Source {
+                outbox: Arc::clone(&robot.outbox),
+                live: Arc::clone(&robot.live),
+                template: Arc::clone(&robot.template),
+                mentions,
+            },
+            sender::Settings {
+                robot: robot.name.clone(),
+                retry_initial: self.base.retry_initial,
+                retry_max: self.base.retry_max,
+                tz: self.base.tz,
+            },
+        )
+        .map(|_| ())
+        .map_err(|e| format!("starting sender thread: {e}"))
     }
 
     /// The routing in force (cheap: an `Arc` clone under a read lock).
@@ -63,12 +110,35 @@ impl Fleet {
         Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Every robot with an outbox, current and retired (for shutdown and metrics).
+    /// Every robot with an outbox and a sender, current and retired (for shutdown, metrics).
     pub fn all(&self) -> Vec<Arc<Robot>> {
         let mut all: Vec<Arc<Robot>> = self.robots().all().to_vec();
         all.extend(self.retired.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
-        all.extend(self.adhoc.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned());
+        all.extend(
+            self.adhoc.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(r, _)| Arc::clone(r)),
+        );
         all
+    }
+
+    /// Outboxes waiting for their robot to come back (flushed at exit).
+    pub fn parked(&self) -> Vec<Arc<Outbox>> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// Why the relay is not ready, if it is not: an outbox full, a spool that cannot take
+    /// writes, a robot without a live sender.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        let all = self.all();
+        if all.iter().any(|r| !r.outbox.spool_healthy()) {
+            return Some("spool cannot take writes");
+        }
+        if all.iter().any(|r| !r.outbox.sender_alive()) {
+            return Some("a robot has no live sender");
+        }
+        if self.robots().all().iter().any(|r| r.outbox.stats().full) {
+            return Some("outbox full");
+        }
+        None
     }
 
     /// The robot for `?key=`: made on first use with `--rate` and markdown, named after a
@@ -78,11 +148,30 @@ impl Fleet {
         let url = WebhookUrl::parse(key).map_err(|e| format!("?key=: {e}"))?;
         let name = format!("key-{:012x}", fnv1a64(url.expose().as_bytes()) >> 16);
         let mut adhoc = self.adhoc.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(robot) = adhoc.iter().find(|r| r.name == name) {
+        if let Some((robot, used)) = adhoc.iter_mut().find(|(r, _)| r.name == name) {
+            *used = Instant::now();
             return Ok(Arc::clone(robot));
         }
         if adhoc.len() >= MAX_ADHOC_ROBOTS {
-            return Err(format!("too many different ?key= robots (at most {MAX_ADHOC_ROBOTS})"));
+            // Evict the least recently used robot with nothing pending.
+            let idle = adhoc
+                .iter()
+                .enumerate()
+                .filter(|(_, (r, _))| {
+                    r.outbox.stats().alerts == 0 && r.outbox.stats().messages == 0
+                })
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(i, _)| i);
+            let Some(i) = idle else {
+                return Err(format!(
+                    "too many different ?key= robots with messages pending (at most {MAX_ADHOC_ROBOTS})"
+                ));
+            };
+            let (evicted, _) = adhoc.swap_remove(i);
+            evicted.outbox.close_intake();
+            evicted.outbox.stop();
+            evicted.outbox.close_spool();
+            log::info!("idle ?key= robot evicted robot={}", evicted.name);
         }
         let rc = RobotConfig {
             name,
@@ -92,8 +181,12 @@ impl Fleet {
             template: None,
             mention: Default::default(),
         };
-        let robot = Arc::new(start_robot(&self.base, &self.client, &rc)?);
-        adhoc.push(Arc::clone(&robot));
+        let robot = {
+            let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+            make_robot(&self.base, &self.client, &rc, &mut parked)?
+        };
+        self.spawn_sender(&robot)?;
+        adhoc.push((Arc::clone(&robot), Instant::now()));
         Ok(robot)
     }
 
@@ -110,18 +203,26 @@ impl Fleet {
         let old = self.robots();
         let mut robots = Vec::new();
         let mut started = Vec::new();
-        for rc in &config.robots {
-            match old.named(&rc.name) {
-                Some(existing) => robots.push(Arc::clone(existing)),
-                None => {
-                    let robot = Arc::new(start_robot(&self.base, &self.client, rc)?);
+        let mut returning = Vec::new();
+        {
+            let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+            for rc in &config.robots {
+                if let Some(existing) = old.named(&rc.name) {
+                    robots.push(Arc::clone(existing));
+                } else if let Some(back) = retired.iter().find(|r| r.name == rc.name) {
+                    // Still draining: it takes its outbox and sender back.
+                    returning.push(Arc::clone(back));
+                    robots.push(Arc::clone(back));
+                } else {
+                    let robot = make_robot(&self.base, &self.client, rc, &mut parked)?;
                     started.push(Arc::clone(&robot));
                     robots.push(robot);
                 }
             }
         }
         let new = routing(&config, robots)?;
-        // Nothing can fail from here on: apply.
+        // Nothing can fail from here on (but a thread start, which is logged): apply.
         for rc in &config.robots {
             if let Some(robot) = new.named(&rc.name) {
                 let live = (target(&self.base, &self.client, rc), rc.rate, rc.msgtype);
@@ -135,16 +236,28 @@ impl Fleet {
         for robot in &removed {
             robot.outbox.close_intake();
         }
-        self.retired.lock().unwrap_or_else(|p| p.into_inner()).extend(removed.iter().cloned());
+        for robot in &returning {
+            robot.outbox.reopen_intake();
+        }
+        {
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            retired.retain(|r| !returning.iter().any(|b| Arc::ptr_eq(b, r)));
+            retired.extend(removed.iter().cloned());
+        }
         let summary = format!(
             "robots={} added={} removed={} default_robot={} route_label={}",
             new.all().len(),
-            started.len(),
+            started.len() + returning.len(),
             removed.len(),
             config.default_robot,
             config.route_label
         );
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        for robot in &started {
+            if let Err(e) = self.spawn_sender(robot) {
+                log::error!("{e} robot={}", robot.name);
+            }
+        }
         Ok(summary)
     }
 }
@@ -174,39 +287,96 @@ fn target(config: &Config, client: &wecom::Client, rc: &RobotConfig) -> Target {
     }
 }
 
-fn start_robot(config: &Config, client: &wecom::Client, rc: &RobotConfig) -> Result<Robot, String> {
+/// A robot with its outbox (taken from `parked` when its directory was found at start);
+/// its sender is started by the caller once routing is in place.
+fn make_robot(
+    config: &Config,
+    client: &wecom::Client,
+    rc: &RobotConfig,
+    parked: &mut HashMap<String, Arc<Outbox>>,
+) -> Result<Arc<Robot>, String> {
     let live = (target(config, client, rc), rc.rate, rc.msgtype);
     let live: sender::Live = Arc::new(Mutex::new(live));
-    let outbox = Arc::new(open_outbox(config, &rc.name)?);
-    sender::spawn(
-        Arc::clone(&outbox),
-        Arc::clone(&live),
-        sender::Settings {
-            robot: rc.name.clone(),
-            retry_initial: config.retry_initial,
-            retry_max: config.retry_max,
-        },
-    )
-    .map_err(|e| format!("starting sender thread: {e}"))?;
+    let outbox = match parked.remove(&rc.name) {
+        Some(outbox) => {
+            metrics::set_unrouted(&rc.name, None);
+            log::info!(
+                "robot is configured again, delivering what waited robot={} alerts={}",
+                rc.name,
+                outbox.stats().alerts
+            );
+            outbox
+        }
+        None => Arc::new(open_outbox(config, &rc.name)?),
+    };
+    let mode = if config.dry_run { " mode=dry-run" } else { "" };
     log::info!(
-        "robot ready robot={} msgtype={:?} webhook={} rate={}/{:?}",
+        "robot ready robot={} msgtype={:?} webhook={} rate={}/{:?}{mode}",
         rc.name,
         rc.msgtype,
         rc.webhook.as_ref().map_or_else(|| "-".to_string(), ToString::to_string),
         rc.rate.messages,
         rc.rate.window
     );
-    Ok(Robot {
+    Ok(Arc::new(Robot {
         name: rc.name.clone(),
         outbox,
         live,
         mention: Mutex::new(rc.mention.clone()),
-        template: Mutex::new(rc.template.clone()),
-    })
+        template: Arc::new(Mutex::new(rc.template.clone())),
+    }))
 }
 
 /// The robot named `default` keeps its spool in `--state-dir` itself (where a single-robot
 /// relay always kept it); others in `--state-dir/robots/NAME`.
+fn robot_dir(base: &Path, robot: &str) -> PathBuf {
+    if robot == "default" {
+        base.to_path_buf()
+    } else {
+        base.join("robots").join(robot)
+    }
+}
+
+/// Opens the outboxes of robot directories whose robot is not configured.
+fn park_unconfigured(config: &Config) -> Result<HashMap<String, Arc<Outbox>>, String> {
+    let mut parked = HashMap::new();
+    let Some(base) = &config.state_dir else { return Ok(parked) };
+    let mut names: Vec<String> = Vec::new();
+    if base.join("queue").is_dir() {
+        names.push("default".into());
+    }
+    if let Ok(entries) = std::fs::read_dir(base.join("robots")) {
+        for e in entries.flatten() {
+            if e.path().join("queue").is_dir() {
+                if let Some(name) = e.file_name().to_str() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+    }
+    names.sort();
+    for name in names {
+        if config.robots.iter().any(|r| r.name == name) {
+            continue;
+        }
+        let outbox = open_outbox(config, &name)?;
+        let pending = outbox.stats();
+        if pending.messages == 0 {
+            outbox.close_spool();
+            continue;
+        }
+        // 1.0.0 records hold rendered messages, not alerts: count those as one each.
+        let waiting = if pending.alerts > 0 { pending.alerts } else { pending.messages };
+        log::warn!(
+            "robot {name} is not configured; {waiting} alerts wait in {}",
+            robot_dir(base, &name).display()
+        );
+        metrics::set_unrouted(&name, Some(waiting));
+        parked.insert(name, Arc::new(outbox));
+    }
+    Ok(parked)
+}
+
 fn open_outbox(config: &Config, robot: &str) -> Result<Outbox, String> {
     let limits = Limits {
         max_messages: config.queue_max_messages,
@@ -216,9 +386,9 @@ fn open_outbox(config: &Config, robot: &str) -> Result<Outbox, String> {
     let Some(base) = &config.state_dir else {
         return Ok(Outbox::new(limits, None));
     };
-    let dir: PathBuf =
-        if robot == "default" { base.clone() } else { base.join("robots").join(robot) };
-    let (spool, recovered) = Spool::open(&dir).map_err(|e| e.to_string())?;
+    let dir = robot_dir(base, robot);
+    let (spool, recovered) =
+        Spool::open(&dir, robot).map_err(|e| format!("state dir unusable: {e}"))?;
     if recovered.corrupt > 0 {
         log::error!(
             "spool had corrupt files, moved to corrupt/ robot={robot} count={}",

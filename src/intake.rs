@@ -1,4 +1,4 @@
-//! One webhook body → queued messages: parse, render, split, enqueue.
+//! One webhook body → queued alert state: parse, check, dedup, enqueue.
 //!
 //! The server maps the result onto HTTP status codes; the `render` subcommand and tests use
 //! [`prepare`] without queueing anything. Everything here is bounded: the JSON nesting depth is
@@ -10,13 +10,13 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use crate::alertmanager::{self, Alert, Payload, Status};
+use crate::alertmanager::{self, Payload, Status};
 use crate::metrics;
+use crate::outbox::queue::identity;
 use crate::outbox::split::split;
-use crate::outbox::{EnqueueError, Enqueued, NewItem};
+use crate::outbox::{EnqueueError, Enqueued};
 use crate::render;
 use crate::routing::{Robot, Robots};
-use crate::template::Template;
 use crate::time::TzOffset;
 use crate::wecom::MsgType;
 
@@ -29,6 +29,8 @@ pub const MAX_JSON_DEPTH: usize = 16;
 pub enum Rejected {
     /// The body cannot become a notification: retrying will not help (400).
     BadPayload(String),
+    /// Over `--max-alerts`, or larger than the whole outbox: retrying will not help (413).
+    TooLarge(String),
     /// The outbox cannot take it now: Alertmanager should retry (503).
     Unavailable(EnqueueError),
 }
@@ -36,7 +38,7 @@ pub enum Rejected {
 impl fmt::Display for Rejected {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
-            Rejected::BadPayload(reason) => write!(f, "{reason}"),
+            Rejected::BadPayload(reason) | Rejected::TooLarge(reason) => write!(f, "{reason}"),
             Rejected::Unavailable(e) => write!(f, "{e}"),
         }
     }
@@ -52,131 +54,85 @@ fn parse(body: &[u8]) -> Result<Payload, Rejected> {
     alertmanager::parse(body).map_err(|e| Rejected::BadPayload(e.to_string()))
 }
 
-/// Renders and splits a parsed notification into an outbox item.
-fn build(
-    payload: &Payload,
-    tz: TzOffset,
-    msgtype: MsgType,
-    template: Option<&Template>,
-    dedup_key: Option<u64>,
-) -> NewItem {
-    let doc = match template {
-        Some(t) => t.render(payload, tz),
-        None => render::render(payload, tz),
-    };
-    let doc = render::adapt(doc, msgtype);
-    let parts = split(&doc, msgtype.limit());
-    NewItem {
-        group_key: payload.group_key.clone(),
-        identities: payload.alerts.iter().map(identity).collect(),
-        dedup_key,
-        alerts: payload.alerts.len(),
-        parts,
-    }
+/// The messages a notification becomes with the built-in layout. `render` only needs the
+/// checks; the fuzz test reads the parts.
+pub struct Prepared {
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub parts: Vec<String>,
 }
 
-/// Parses, renders and splits a body into messages ready for the outbox (the `render`
-/// command shows these).
-pub fn prepare(body: &[u8], tz: TzOffset) -> Result<NewItem, Rejected> {
+/// Parses, renders and splits a body into messages.
+pub fn prepare(body: &[u8], tz: TzOffset) -> Result<Prepared, Rejected> {
     let payload = parse(body)?;
-    let key = dedup_key(&payload);
-    Ok(build(&payload, tz, MsgType::Markdown, None, key))
+    let doc = render::render(&payload, tz);
+    let parts = split(&render::adapt(doc, MsgType::Markdown), MsgType::Markdown.limit());
+    Ok(Prepared { parts })
 }
 
-/// Queues a body for the robot the request chose (path, `?key=`), or the one routing picks. Logs one line per
-/// notification received.
+/// Queues a body for the robot the request chose (path, `?key=`), or the one routing picks.
+/// Logs one line per notification received. Messages are composed later, at send time.
 pub fn accept(
     body: &[u8],
-    tz: TzOffset,
+    max_alerts: usize,
     robots: &Robots,
     chosen: Option<&Arc<Robot>>,
 ) -> Result<Enqueued, Rejected> {
     let payload = parse(body)?;
+    if payload.alerts.len() > max_alerts {
+        return Err(Rejected::TooLarge(format!(
+            "notification holds {} alerts, more than --max-alerts {max_alerts}; lower max_alerts in Alertmanager's webhook_config",
+            payload.alerts.len()
+        )));
+    }
     let robot = chosen.unwrap_or_else(|| robots.pick(&payload));
+    if payload.alerts.is_empty() {
+        // Nothing to tell: accepted (a 4xx would only make Alertmanager log an error).
+        log::info!("notification without alerts, nothing to send robot={}", robot.name);
+        return Ok(Enqueued::Empty);
+    }
     let outbox = &robot.outbox;
     let firing = payload.alerts.iter().filter(|a| a.status == Status::Firing).count();
     let resolved = payload.alerts.len() - firing;
+    let alerts = payload.alerts.len();
+    let (status, receiver) = (payload.status, payload.receiver.clone());
     let key = dedup_key(&payload);
     let duplicate = key.is_some_and(|key| outbox.seen(key));
     let result = if duplicate {
         Enqueued::Duplicate
     } else {
-        let msgtype = robot.live.lock().map(|l| l.2).unwrap_or_default();
-        let template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
-        let mut item = build(&payload, tz, msgtype, template.as_deref(), key);
-        let mention = robots.mentions_for(robot, &payload);
-        if mention.all || !mention.users.is_empty() || !mention.mobiles.is_empty() {
-            item.parts.push(mention_piece(&payload, &mention));
-        }
-        let (parts, bytes) = (item.parts.len(), item.parts.iter().map(String::len).sum::<usize>());
-        let result = outbox.enqueue(item).map_err(Rejected::Unavailable)?;
+        let result = outbox.enqueue(payload, body, key).map_err(|e| match e {
+            EnqueueError::TooLarge => Rejected::TooLarge(e.to_string()),
+            e => Rejected::Unavailable(e),
+        })?;
         if let Enqueued::Queued { id, superseded } = &result {
             if *superseded > 0 {
                 metrics::superseded(&robot.name, *superseded);
             }
             log::info!(
-                "notification queued robot={} item={id} receiver={:?} status={} firing={firing} resolved={resolved} messages={parts} bytes={bytes} superseded={superseded}",
+                "notification queued robot={} item={id} receiver={receiver:?} status={} firing={firing} resolved={resolved} superseded={superseded}",
                 robot.name,
-                payload.receiver,
-                payload.status.as_str(),
+                status.as_str(),
             );
         }
         result
     };
-    metrics::notification_received(
-        payload.status == Status::Resolved,
-        firing as u64,
-        resolved as u64,
-    );
-    if duplicate {
+    metrics::notification_received(status == Status::Resolved, firing as u64, resolved as u64);
+    if result == Enqueued::Duplicate {
         metrics::dedup_hit(&robot.name);
         log::info!(
-            "duplicate notification dropped robot={} receiver={:?} status={} alerts={}",
+            "duplicate notification dropped robot={} receiver={receiver:?} status={} alerts={alerts}",
             robot.name,
-            payload.receiver,
-            payload.status.as_str(),
-            payload.alerts.len()
+            status.as_str(),
         );
     }
     Ok(result)
 }
 
-/// A short `text` message that @-mentions people, sent right after the notification.
-fn mention_piece(payload: &Payload, mention: &crate::config_file::MentionEntry) -> String {
-    let mut names: Vec<&str> = payload
-        .alerts
-        .iter()
-        .filter(|a| a.status == Status::Firing)
-        .filter_map(|a| {
-            a.labels.get("alertname").or_else(|| payload.common_labels.get("alertname"))
-        })
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    let firing = payload.alerts.iter().filter(|a| a.status == Status::Firing).count();
-    let text = format!("【告警通知】{firing} 条告警待处理: {}", names.join(", "));
-    let content = crate::outbox::split::cut_utf8(&text, crate::wecom::TEXT_MAX_BYTES);
-    crate::outbox::raw_body_piece(&crate::wecom::text_body(
-        content,
-        &mention.users,
-        &mention.mobiles,
-        mention.all,
-    ))
-}
-
-/// An alert's identity: its fingerprint, or a hash of its labels when the sender gave none.
-fn identity(alert: &Alert) -> String {
-    if !alert.fingerprint.is_empty() {
-        return alert.fingerprint.clone();
-    }
-    let mut h = DefaultHasher::new();
-    alert.labels.0.hash(&mut h);
-    format!("labels:{:016x}", h.finish())
-}
-
-/// Same group, status, and alerts (identity, status, start time) → same key. A re-fired alert
-/// has a new start time, so it is never mistaken for a duplicate of the previous episode.
-/// `None` for notifications holding a resolved alert: those are never suppressed.
+/// Same group, receiver, status, truncated count and alerts (identity, status, start time) →
+/// same key. A re-fired alert has a new start time, so it is never mistaken for a duplicate
+/// of the previous episode; more alerts truncated is news too. `None` for notifications
+/// holding a resolved alert: those are checked per alert by the outbox, against what the
+/// group was told.
 fn dedup_key(p: &Payload) -> Option<u64> {
     if p.status == Status::Resolved || p.alerts.iter().any(|a| a.status == Status::Resolved) {
         return None;
@@ -188,7 +144,7 @@ fn dedup_key(p: &Payload) -> Option<u64> {
         .collect();
     alerts.sort();
     let mut h = DefaultHasher::new();
-    (&p.group_key, &p.receiver, p.status.as_str(), alerts).hash(&mut h);
+    (&p.group_key, &p.receiver, p.status.as_str(), p.truncated_alerts, alerts).hash(&mut h);
     Some(h.finish())
 }
 
@@ -241,7 +197,7 @@ mod tests {
     }
 
     fn key(body: &str) -> Option<u64> {
-        prepare(body.as_bytes(), TZ).ok().and_then(|item| item.dedup_key)
+        parse(body.as_bytes()).ok().and_then(|p| dedup_key(&p))
     }
 
     #[test]
@@ -252,7 +208,10 @@ mod tests {
         assert!(key(a).is_some());
         assert_eq!(key(a), key(&a.replace("\"groupKey\"", "\"extra\":1,\"groupKey\"")));
         assert_ne!(key(a), key(&refired));
-        assert_eq!(key(resolved), None, "resolved notifications are never deduplicated");
+        assert_eq!(key(resolved), None, "resolved notifications are checked per alert");
+        // Issue #17: the same alerts with more truncated is not a duplicate.
+        let truncated = a.replace("\"groupKey\"", "\"truncatedAlerts\":17,\"groupKey\"");
+        assert_ne!(key(a), key(&truncated));
     }
 
     /// Fuzzing without nightly or extra crates: golden payloads mutated at the byte level and

@@ -97,6 +97,7 @@ fn run() -> Result<(), Failure> {
 fn serve(config: &Config, raw: RawArgs, signals: &Signals) -> Result<(), Failure> {
     if config.dry_run {
         log::warn!("dry run: messages are printed to stdout, nothing is sent to WeCom");
+        println!("dry run: messages are printed here, nothing is sent to WeCom");
     }
     // A bad --ca-file is a configuration error (exit 2), found before anything starts.
     let client = wecom::Client::new(config.send_timeout, config.ca_file.as_deref())
@@ -124,8 +125,8 @@ fn serve(config: &Config, raw: RawArgs, signals: &Signals) -> Result<(), Failure
         allow_key_param: config.allow_key_param,
         key_param_host: key_param::KeyParamHost::parse(&config.key_param_host)
             .map_err(|e| Failure::Usage(format!("invalid --key-param-host: {e}")))?,
-        tz: config.tz,
         max_body_bytes: config.max_body_bytes,
+        max_alerts: config.max_alerts,
         auth,
         guard,
         body_budget: guard::BodyBudget::new(config.max_body_in_flight),
@@ -173,19 +174,26 @@ fn serve(config: &Config, raw: RawArgs, signals: &Signals) -> Result<(), Failure
             log::info!("outbox drained robot={}", robot.name);
         } else if outbox.is_durable() {
             log::warn!(
-                "grace period over, pending messages stay in the spool for the next start robot={} messages={} notifications={}",
+                "grace period over, pending messages stay in the spool for the next start robot={} messages={} alerts={}",
                 robot.name,
                 left.messages,
-                left.notifications
+                left.alerts
             );
         } else {
             log::error!(
-                "grace period over, pending messages are lost (no --state-dir) robot={} messages={} notifications={}",
+                "grace period over, pending messages are lost (no --state-dir) robot={} messages={} alerts={}",
                 robot.name,
                 left.messages,
-                left.notifications
+                left.alerts
             );
         }
+    }
+    // Deletes of what was delivered reach the disk before exit (else it is resent once).
+    for robot in &robots {
+        robot.outbox.close_spool();
+    }
+    for outbox in app.fleet.parked() {
+        outbox.close_spool();
     }
     log::info!("exiting");
     Ok(())

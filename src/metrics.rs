@@ -126,6 +126,32 @@ pub fn inc_failed(robot: &str, e: &SendError) {
     );
 }
 
+/// Alerts given up for good (WeCom refused the one-alert message), by the send error's reason.
+pub fn alerts_failed(robot: &str, reason: &'static str, alerts: usize) {
+    add(
+        format!(
+            "weixin_robot_alerts_failed_total{{robot=\"{}\",reason=\"{reason}\"}}",
+            label(robot)
+        ),
+        alerts as u64,
+    );
+}
+
+pub fn sender_restarted(robot: &str) {
+    add(format!("weixin_robot_sender_restarts_total{{robot=\"{}\"}}", label(robot)), 1);
+}
+
+/// Alerts kept on disk for a robot that is not configured (`None`: it is again).
+static UNROUTED: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+
+pub fn set_unrouted(robot: &str, alerts: Option<usize>) {
+    let mut map = UNROUTED.lock().unwrap_or_else(|p| p.into_inner());
+    match alerts {
+        Some(n) => map.insert(robot.to_string(), n),
+        None => map.remove(robot),
+    };
+}
+
 pub fn inc_retry(robot: &str) {
     add(format!("weixin_robot_retries_total{{robot=\"{}\"}}", label(robot)), 1);
 }
@@ -218,8 +244,13 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
         ),
         (
             "weixin_robot_superseded_total",
-            "Unsent notifications replaced by a newer one for the same alerts, by robot.",
+            "Unsent alert states replaced by a newer one for the same alerts, by robot.",
         ),
+        (
+            "weixin_robot_alerts_failed_total",
+            "Alerts given up because WeCom refused them for good, by reason.",
+        ),
+        ("weixin_robot_sender_restarts_total", "Sender threads restarted after a panic."),
     ] {
         counter(&mut out, name, help);
         for (series, value) in map.range(format!("{name}{{")..) {
@@ -244,6 +275,15 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
             };
             let _ = writeln!(out, "{name}{{robot=\"{}\"}} {value}", label(&g.robot));
         }
+    }
+
+    let name = "weixin_robot_unrouted_alerts";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Alerts waiting on disk for a robot that is not configured.\n# TYPE {name} gauge"
+    );
+    for (robot, n) in UNROUTED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "{name}{{robot=\"{}\"}} {n}", label(robot));
     }
 
     let _ = writeln!(

@@ -15,8 +15,9 @@ pub struct Robot {
     pub live: crate::outbox::sender::Live,
     /// Mentioned on every notification with a firing alert; a reload updates it in place.
     pub mention: Mutex<MentionEntry>,
-    /// The layout, when not the built-in one; a reload updates it in place.
-    pub template: Mutex<Option<Arc<crate::template::Template>>>,
+    /// The layout, when not the built-in one; a reload updates it in place (shared with the
+    /// sender, which composes with it at send time).
+    pub template: crate::outbox::sender::SharedTemplate,
 }
 
 pub struct Robots {

@@ -34,7 +34,6 @@ use crate::key_param::KeyParamHost;
 use crate::metrics;
 use crate::outbox::{EnqueueError, Enqueued};
 use crate::reject_log;
-use crate::time::TzOffset;
 
 /// Bodies above `--max-body` but at most this big are read and thrown away so the client gets
 /// a clean 413 on a healthy connection; anything larger gets its answer and a closed socket.
@@ -46,8 +45,9 @@ pub struct App {
     pub allow_key_param: bool,
     /// `--key-param-host`: what a `?key=` URL may name (checked before a robot is made).
     pub key_param_host: KeyParamHost,
-    pub tz: TzOffset,
     pub max_body_bytes: u64,
+    /// `--max-alerts`: more alerts in one notification → 413.
+    pub max_alerts: usize,
     pub auth: Option<Auth>,
     pub guard: Arc<Guard>,
     /// `--max-body-in-flight`.
@@ -373,11 +373,11 @@ impl Conn {
             }
             Route::Healthy if get => reply(200, "OK", json!({"status": "ok"})),
             Route::Ready if get => {
-                let full = self.app.fleet.robots().all().iter().any(|r| r.outbox.stats().full);
+                let not_ready = self.app.fleet.not_ready();
                 if !self.app.accepting.load(Ordering::Relaxed) {
                     reply(503, "Service Unavailable", json!({"status": "shutting down"}))
-                } else if full {
-                    reply(503, "Service Unavailable", json!({"status": "outbox full"}))
+                } else if let Some(why) = not_ready {
+                    reply(503, "Service Unavailable", json!({ "status": why }))
                 } else {
                     reply(200, "OK", json!({"status": "ready"}))
                 }
@@ -469,15 +469,20 @@ impl Conn {
             },
             (None, None) => None,
         };
-        match intake::accept(body, self.app.tz, &robots, chosen.as_ref()) {
+        match intake::accept(body, self.app.max_alerts, &robots, chosen.as_ref()) {
             Ok(Enqueued::Queued { id, .. }) => {
                 reply(200, "OK", json!({"status": "queued", "id": id}))
             }
             Ok(Enqueued::Duplicate) => reply(200, "OK", json!({"status": "duplicate"})),
+            Ok(Enqueued::Empty) => reply(200, "OK", json!({"status": "empty"})),
+            Err(Rejected::TooLarge(reason)) => {
+                metrics::request_rejected("too_many_alerts");
+                error(413, "Payload Too Large", "too_many_alerts", &reason)
+            }
             Err(Rejected::BadPayload(reason)) => error(400, "Bad Request", "bad_payload", &reason),
             Err(Rejected::Unavailable(e)) => {
                 let metric = match e {
-                    EnqueueError::Full => "outbox_full",
+                    EnqueueError::Full | EnqueueError::TooLarge => "outbox_full",
                     EnqueueError::ShuttingDown => "shutting_down",
                     EnqueueError::Disk(_) => "disk_error",
                 };

@@ -1,101 +1,77 @@
-//! The outbox between intake and WeCom: a bounded, optionally durable queue of rendered
-//! messages for one robot, plus the sender thread that drains it within the rate budget.
+//! The outbox between intake and WeCom, one per robot: the alert state the robot's group has not
+//! yet been told ([`queue`]), optionally durable ([`spool`]), drained by the sender thread
+//! ([`sender`]) which composes messages at send time ([`compose`]).
 //!
 //! Intake calls [`Outbox::enqueue`] and answers Alertmanager from its result; it never waits
-//! for WeCom. The sender ([`sender`]) takes the oldest pieces, packs as many as fit into one
-//! message ([`split::merge_count`]), and reports back what became of them.
+//! for WeCom, only (with a spool) for the fsync covering its notification.
 //!
 //! Invariants:
-//! - Bounded by messages and bytes; when full, enqueue fails and intake answers 503 so
-//!   Alertmanager keeps the notification and retries: nothing is accepted and then dropped.
-//! - With a spool, a notification is on disk before enqueue returns Ok.
-//! - Pieces leave the queue in arrival order. Pieces being sent sit at the front and are
-//!   never superseded mid-flight.
-//! - A newer notification for the same group whose alerts cover every alert of an older,
-//!   still unsent one supersedes it: a resolved never waits behind the firing it ends.
+//! - Bounded by estimated messages and bytes, checked for every notification: when full,
+//!   enqueue fails and intake answers 503 so Alertmanager keeps the notification and retries;
+//!   one that could never fit is refused as too large (413). Nothing accepted is dropped.
+//! - With a spool, a notification is on disk before enqueue returns Ok; disk work happens on
+//!   the spool's writer thread, never under this lock.
+//! - The lock guards bookkeeping only: `queue` is linear in one notification's alerts.
 //!
-//! Never parses Alertmanager JSON; knows alerts only as opaque identities.
+//! Never parses Alertmanager JSON except to replay its own spool.
 
+pub mod compose;
 pub mod dedup;
 pub mod limiter;
+pub mod queue;
 pub mod sender;
 pub mod split;
 pub mod spool;
 
-use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::alertmanager::Payload;
 use dedup::Dedup;
+use queue::{Admit, Cover, DiskAction, Outcome, Queue, QueueLimits, Refusal, Settled, Snapshot};
 use spool::{Record, Spool};
-
-/// A rendered notification ready to queue.
-/// Pieces are strings, as the spool stores them. Most are markdown content; a piece that is a
-/// whole JSON body to send as it is (a `text` message with @-mentions) starts with this
-/// marker, which rendered markdown cannot contain (render drops control characters).
-pub const RAW_BODY_MARKER: &str = "\u{1}raw-body\u{1}";
-
-/// A piece holding a complete JSON body; never merged with others.
-pub fn raw_body_piece(json_body: &str) -> String {
-    format!("{RAW_BODY_MARKER}{json_body}")
-}
-
-/// The JSON body to POST for a batch's text: raw pieces as they are, content wrapped in the
-/// robot's message type.
-pub fn body_of(batch_text: &str, msgtype: crate::wecom::MsgType) -> String {
-    match batch_text.strip_prefix(RAW_BODY_MARKER) {
-        Some(raw) => raw.to_string(),
-        None => msgtype.body(batch_text),
-    }
-}
-
-pub struct NewItem {
-    pub group_key: String,
-    /// One per alert (fingerprint, or a label hash when the sender gave none).
-    pub identities: Vec<String>,
-    /// The key [`Outbox::seen`] recorded for this notification, taken back if the outbox
-    /// refuses it so that Alertmanager's retry is not mistaken for a duplicate. `None`: not
-    /// deduplicated (the notification holds a resolved alert).
-    pub dedup_key: Option<u64>,
-    pub alerts: usize,
-    /// Messages within WeCom's limit, in order.
-    pub parts: Vec<String>,
-}
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Enqueued {
-    Queued { id: u64, superseded: usize },
+    Queued {
+        id: u64,
+        superseded: usize,
+    },
+    /// Nothing in it the group has not been told or is not about to be told.
     Duplicate,
+    /// No alerts at all (`{"alerts":[]}`): accepted, nothing to send.
+    Empty,
 }
 
 #[derive(Debug)]
 pub enum EnqueueError {
-    /// Over `--queue-max-messages` or `--queue-max-bytes`.
+    /// Over `--queue-max-messages` or `--queue-max-bytes` right now.
     Full,
+    /// Could not fit even into an empty outbox.
+    TooLarge,
     /// SIGTERM received: draining, not accepting.
     ShuttingDown,
-    Disk(spool::Error),
+    /// The spool could not take it (the text names no path).
+    Disk(String),
 }
 
 impl fmt::Display for EnqueueError {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         match self {
             EnqueueError::Full => write!(f, "outbox is full"),
+            EnqueueError::TooLarge => write!(
+                f,
+                "notification is larger than the outbox (--queue-max-messages, --queue-max-bytes)"
+            ),
             EnqueueError::ShuttingDown => write!(f, "shutting down"),
             EnqueueError::Disk(e) => write!(f, "saving to spool: {e}"),
         }
     }
 }
 
-impl std::error::Error for EnqueueError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            EnqueueError::Disk(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+impl std::error::Error for EnqueueError {}
 
 pub struct Limits {
     pub max_messages: usize,
@@ -103,30 +79,8 @@ pub struct Limits {
     pub dedup_window: Duration,
 }
 
-struct Piece {
-    item: u64,
-    text: String,
-}
-
-struct ItemState {
-    group_key: String,
-    identities: Vec<String>,
-    alerts: usize,
-    /// Pieces of this item still queued (in flight included).
-    remaining: usize,
-    enqueued_at: Instant,
-    created_unix: u64,
-}
-
 struct State {
-    queue: VecDeque<Piece>,
-    items: HashMap<u64, ItemState>,
-    /// Bytes of queued pieces plus bytes reserved by enqueues still writing to disk.
-    bytes: u64,
-    /// Pieces reserved likewise.
-    messages: usize,
-    /// The first `in_flight` pieces of `queue` are being sent right now.
-    in_flight: usize,
+    queue: Queue,
     dedup: Dedup,
     accepting: bool,
     stopped: bool,
@@ -138,7 +92,7 @@ struct State {
 pub struct Stats {
     pub messages: usize,
     pub bytes: u64,
-    pub notifications: usize,
+    pub alerts: usize,
     pub oldest_age: Duration,
     pub full: bool,
 }
@@ -148,38 +102,29 @@ pub struct Outbox {
     /// Signalled on every change the sender or a drain may be waiting for.
     changed: Condvar,
     spool: Option<Spool>,
-    limits: Limits,
+    /// False while the sender thread is down (panicked, waiting to restart).
+    sender_alive: AtomicBool,
 }
 
-/// What became of a batch the sender took.
-pub enum Outcome {
-    Delivered,
-    /// Keep it at the front; the sender retries later.
-    Retry,
-    /// Drop it (logged and counted by the sender; kept in `failed/` when spooling).
-    Failed,
-}
-
-/// Pieces taken for one message.
-pub struct Batch {
-    pub text: String,
-    pub alerts: usize,
-    pub notifications: usize,
-}
+/// How many groups the sender looks at for one message (enough to fill one by packing).
+pub const SNAPSHOT_GROUPS: usize = 64;
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Outbox {
-    /// Builds the outbox, replaying what a spool recovered.
+    /// Builds the outbox, replaying what a spool recovered (admitted past the limits: it was
+    /// acknowledged). Returns it with the number of alerts pending afterwards.
     pub fn new(limits: Limits, spool: Option<(Spool, Vec<Record>)>) -> Outbox {
+        let queue = Queue::new(QueueLimits {
+            max_messages: limits.max_messages,
+            max_bytes: limits.max_bytes,
+            dedup_window: limits.dedup_window,
+            message_bytes: crate::wecom::MARKDOWN_MAX_BYTES,
+        });
         let mut state = State {
-            queue: VecDeque::new(),
-            items: HashMap::new(),
-            bytes: 0,
-            messages: 0,
-            in_flight: 0,
+            queue,
             dedup: Dedup::new(limits.dedup_window),
             accepting: true,
             stopped: false,
@@ -188,145 +133,100 @@ impl Outbox {
         let spool = spool.map(|(spool, records)| {
             let now = Instant::now();
             for r in records {
-                state.next_id = state.next_id.max(r.id + 1);
-                // Recovered items are admitted even past the limits: they were acknowledged.
-                insert(
-                    &mut state,
-                    r.id,
-                    r.group_key,
-                    r.identities,
-                    r.alerts,
-                    r.parts,
-                    now,
-                    r.created_unix,
-                );
+                state.next_id = state.next_id.max(r.id() + 1);
+                match r {
+                    Record::Body { id, body, .. } => match crate::alertmanager::parse(&body) {
+                        Ok(payload) => {
+                            let applied = state.queue.insert(id, payload, now);
+                            perform(Some(&spool), applied.actions);
+                        }
+                        Err(e) => {
+                            log::error!("spool record unreadable, kept on disk record={id} error=\"{e}\"");
+                        }
+                    },
+                    Record::Rendered { id, parts, .. } => {
+                        if parts.is_empty() {
+                            spool.remove(id);
+                        }
+                        for text in parts {
+                            state.queue.insert_legacy(id, text, now);
+                        }
+                    }
+                }
             }
             spool
         });
-        Outbox { state: Mutex::new(state), changed: Condvar::new(), spool, limits }
+        Outbox {
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            spool,
+            sender_alive: AtomicBool::new(true),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the queue half-updated in a way that
-        // matters more than stopping delivery would, so keep going with the data as it is.
+        // Bookkeeping stays consistent within each call; keep going after a panic elsewhere.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// True when `key` was seen within the dedup window; otherwise records it. Checked before
-    /// rendering, so a duplicate costs a parse and a hash, nothing more.
+    /// anything else, so a repeated notification costs a parse and a hash.
     pub fn seen(&self, key: u64) -> bool {
         self.lock().dedup.is_duplicate(key, Instant::now())
     }
 
-    pub fn enqueue(&self, item: NewItem) -> Result<Enqueued, EnqueueError> {
-        let bytes: u64 = item.parts.iter().map(|p| p.len() as u64).sum();
+    /// Queues a parsed notification; `body` is what the spool keeps. Answers only once the
+    /// notification is durable (with a spool).
+    pub fn enqueue(
+        &self,
+        payload: Payload,
+        body: &[u8],
+        dedup_key: Option<u64>,
+    ) -> Result<Enqueued, EnqueueError> {
         let now = Instant::now();
-        let id = {
+        let refuse = |st: &mut State, e: EnqueueError| {
+            if let Some(key) = dedup_key {
+                st.dedup.forget(key);
+            }
+            Err(e)
+        };
+        let (reservation, id) = {
             let mut st = self.lock();
             if !st.accepting {
-                if let Some(key) = item.dedup_key {
-                    st.dedup.forget(key);
-                }
-                return Err(EnqueueError::ShuttingDown);
+                return refuse(&mut st, EnqueueError::ShuttingDown);
             }
-            let over_messages = st.messages + item.parts.len() > self.limits.max_messages;
-            let over_bytes = st.bytes + bytes > self.limits.max_bytes;
-            // An empty outbox takes any one notification, however big, so it cannot wedge.
-            if (over_messages || over_bytes) && st.messages > 0 {
-                if let Some(key) = item.dedup_key {
-                    st.dedup.forget(key);
-                }
-                return Err(EnqueueError::Full);
-            }
-            st.messages += item.parts.len();
-            st.bytes += bytes;
+            let reservation = match st.queue.admit(&payload, now) {
+                Ok(Admit::Room(r)) => r,
+                Ok(Admit::Nothing) => return Ok(Enqueued::Duplicate),
+                Err(Refusal::Full) => return refuse(&mut st, EnqueueError::Full),
+                Err(Refusal::TooLarge) => return refuse(&mut st, EnqueueError::TooLarge),
+            };
             let id = st.next_id;
             st.next_id += 1;
-            id
+            (reservation, id)
         };
-
-        let created_unix = unix_now();
         if let Some(spool) = &self.spool {
-            let record = Record {
-                id,
-                group_key: item.group_key.clone(),
-                identities: item.identities.clone(),
-                alerts: item.alerts,
-                parts: item.parts.clone(),
-                created_unix,
-            };
-            // Written outside the lock: an fsync must not stall the sender or other intakes.
-            if let Err(e) = spool.write(&record) {
+            if let Err(e) = spool.commit(id, unix_now(), body) {
                 let mut st = self.lock();
-                st.messages -= item.parts.len();
-                st.bytes -= bytes;
-                if let Some(key) = item.dedup_key {
-                    st.dedup.forget(key);
-                }
-                return Err(EnqueueError::Disk(e));
+                st.queue.cancel(reservation);
+                return refuse(&mut st, EnqueueError::Disk(e));
             }
         }
-
-        let mut st = self.lock();
-        // The reservation becomes the real thing inside `insert`.
-        st.messages -= item.parts.len();
-        st.bytes -= bytes;
-        let superseded = self.supersede(&mut st, &item.group_key, &item.identities);
-        insert(
-            &mut st,
-            id,
-            item.group_key,
-            item.identities,
-            item.alerts,
-            item.parts,
-            now,
-            created_unix,
-        );
-        drop(st);
+        let applied = {
+            let mut st = self.lock();
+            st.queue.apply(reservation, id, payload, Instant::now())
+        };
+        perform(self.spool.as_ref(), applied.actions);
         self.changed.notify_all();
-        Ok(Enqueued::Queued { id, superseded })
+        if applied.changed == 0 {
+            return Ok(Enqueued::Duplicate);
+        }
+        Ok(Enqueued::Queued { id, superseded: applied.superseded })
     }
 
-    /// Drops older unsent notifications of the same group whose alerts the new one covers.
-    fn supersede(&self, st: &mut State, group_key: &str, identities: &[String]) -> usize {
-        if group_key.is_empty() {
-            return 0;
-        }
-        let in_flight_items: Vec<u64> =
-            st.queue.iter().take(st.in_flight).map(|p| p.item).collect();
-        let doomed: Vec<u64> = st
-            .items
-            .iter()
-            .filter(|(id, it)| {
-                it.group_key == group_key
-                    && !in_flight_items.contains(id)
-                    && it.identities.iter().all(|i| identities.contains(i))
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &doomed {
-            st.queue.retain(|p| p.item != *id);
-            if let Some(it) = st.items.remove(id) {
-                log::info!(
-                    "notification superseded by a newer one for its group item={id} alerts={}",
-                    it.alerts
-                );
-            }
-            if let Some(spool) = &self.spool {
-                if let Err(e) = spool.remove(*id) {
-                    log::error!("{e}");
-                }
-            }
-        }
-        if !doomed.is_empty() {
-            recount(st);
-        }
-        doomed.len()
-    }
-
-    /// Blocks until pieces are queued and `not_before` has passed, then takes as many front
-    /// pieces as fit into one message of `limit` bytes. `None` once stopped.
-    pub fn next_batch(&self, not_before: impl Fn() -> Instant, limit: usize) -> Option<Batch> {
+    /// Blocks until something is pending and `not_before` has passed, then returns what to
+    /// compose. `None` once stopped.
+    pub fn next(&self, not_before: impl Fn() -> Instant) -> Option<Snapshot> {
         let mut st = self.lock();
         loop {
             if st.stopped {
@@ -343,14 +243,22 @@ impl Outbox {
                 st = self.wait(st, None);
             }
         }
-        let pieces = split::merge_count(st.queue.iter().map(|p| p.text.as_str()), limit);
-        st.in_flight = pieces;
-        let taken: Vec<&Piece> = st.queue.iter().take(pieces).collect();
-        let text = split::merge(taken.iter().map(|p| p.text.as_str()));
-        let mut items: Vec<u64> = taken.iter().map(|p| p.item).collect();
-        items.dedup();
-        let alerts = items.iter().filter_map(|id| st.items.get(id)).map(|it| it.alerts).sum();
-        Some(Batch { text, alerts, notifications: items.len() })
+        st.queue.next(SNAPSHOT_GROUPS)
+    }
+
+    /// Waits until `at`; false when stopped meanwhile.
+    pub fn pause_until(&self, at: Instant) -> bool {
+        let mut st = self.lock();
+        loop {
+            if st.stopped {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= at {
+                return true;
+            }
+            st = self.wait(st, Some(at - now));
+        }
     }
 
     fn wait<'a>(
@@ -367,76 +275,33 @@ impl Outbox {
         }
     }
 
-    /// Settles the batch last returned by [`Outbox::next_batch`].
-    pub fn complete(&self, outcome: Outcome) {
-        let mut st = self.lock();
-        let taken = std::mem::take(&mut st.in_flight);
-        if matches!(outcome, Outcome::Retry) {
-            return;
-        }
-        let mut touched: Vec<u64> = Vec::new();
-        let mut failed_text: Vec<(u64, String)> = Vec::new();
-        for _ in 0..taken {
-            let Some(piece) = st.queue.pop_front() else {
-                break;
-            };
-            if let Some(it) = st.items.get_mut(&piece.item) {
-                it.remaining = it.remaining.saturating_sub(1);
-            }
-            if !touched.contains(&piece.item) {
-                touched.push(piece.item);
-            }
-            if matches!(outcome, Outcome::Failed) {
-                failed_text.push((piece.item, piece.text));
-            }
-        }
-        for id in touched {
-            let finished = st.items.get(&id).is_none_or(|it| it.remaining == 0);
-            if finished {
-                st.items.remove(&id);
-            }
-            let Some(spool) = &self.spool else { continue };
-            let result = if finished {
-                spool.remove(id)
-            } else if let Some(it) = st.items.get(&id) {
-                // Part of a long notification went out: keep only the rest on disk.
-                let rest: Vec<String> =
-                    st.queue.iter().filter(|p| p.item == id).map(|p| p.text.clone()).collect();
-                spool.write(&Record {
-                    id,
-                    group_key: it.group_key.clone(),
-                    identities: it.identities.clone(),
-                    alerts: it.alerts,
-                    parts: rest,
-                    created_unix: it.created_unix,
-                })
-            } else {
-                Ok(())
-            };
-            if let Err(e) = result {
-                log::error!("{e}");
-            }
-        }
-        if let Some(spool) = &self.spool {
-            let now = unix_now();
-            for (id, text) in failed_text {
-                if let Err(e) = spool.keep_failed(id, now, &text) {
-                    log::error!("{e}");
-                }
-            }
-        }
-        recount(&mut st);
-        drop(st);
+    /// Settles one sent message and performs the disk work it implies (off the lock).
+    pub fn settle(&self, cover: &Cover, outcome: Outcome) -> Settled {
+        let mut settled = self.lock().queue.settle(cover, outcome, Instant::now());
+        perform(self.spool.as_ref(), std::mem::take(&mut settled.actions));
         self.changed.notify_all();
+        settled
     }
 
-    /// Stops intake (SIGTERM): enqueue answers `ShuttingDown` from now on.
+    /// Keeps a refused message in `failed/` (with a spool).
+    pub fn keep_failed(&self, text: String) {
+        if let Some(spool) = &self.spool {
+            spool.keep_failed(text);
+        }
+    }
+
+    /// Stops intake (SIGTERM, robot removed): enqueue answers `ShuttingDown` from now on.
     pub fn close_intake(&self) {
         self.lock().accepting = false;
         self.changed.notify_all();
     }
 
-    /// Waits until the queue is empty or `deadline` passes; true when empty.
+    /// Takes notifications again (a removed robot added back).
+    pub fn reopen_intake(&self) {
+        self.lock().accepting = true;
+    }
+
+    /// Waits until nothing is pending or `deadline` passes; true when empty.
     pub fn drain(&self, deadline: Instant) -> bool {
         let mut st = self.lock();
         loop {
@@ -451,137 +316,167 @@ impl Outbox {
         }
     }
 
-    /// Ends the sender loop after its current send.
+    /// Ends the sender loop after its current send, then lets the spool finish its work.
     pub fn stop(&self) {
         self.lock().stopped = true;
         self.changed.notify_all();
+    }
+
+    /// Flushes the spool's pending deletes and stops its writer (at exit).
+    pub fn close_spool(&self) {
+        if let Some(spool) = &self.spool {
+            spool.close();
+        }
     }
 
     pub fn is_durable(&self) -> bool {
         self.spool.is_some()
     }
 
+    /// False while the spool cannot take writes.
+    pub fn spool_healthy(&self) -> bool {
+        self.spool.as_ref().is_none_or(Spool::healthy)
+    }
+
+    pub fn set_sender_alive(&self, alive: bool) {
+        self.sender_alive.store(alive, Ordering::Relaxed);
+    }
+
+    pub fn sender_alive(&self) -> bool {
+        self.sender_alive.load(Ordering::Relaxed)
+    }
+
     pub fn stats(&self) -> Stats {
-        let st = self.lock();
-        let now = Instant::now();
+        let s = self.lock().queue.stats(Instant::now());
         Stats {
-            messages: st.queue.len(),
-            bytes: st.bytes,
-            notifications: st.items.len(),
-            oldest_age: st
-                .items
-                .values()
-                .map(|it| now.saturating_duration_since(it.enqueued_at))
-                .max()
-                .unwrap_or_default(),
-            full: st.messages >= self.limits.max_messages || st.bytes >= self.limits.max_bytes,
+            messages: s.messages,
+            bytes: s.bytes,
+            alerts: s.alerts,
+            oldest_age: s.oldest_age,
+            full: s.full,
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)] // one call site per caller, each field named at the call
-fn insert(
-    st: &mut State,
-    id: u64,
-    group_key: String,
-    identities: Vec<String>,
-    alerts: usize,
-    parts: Vec<String>,
-    now: Instant,
-    created_unix: u64,
-) {
-    let remaining = parts.len();
-    for text in parts {
-        st.bytes += text.len() as u64;
-        st.messages += 1;
-        st.queue.push_back(Piece { item: id, text });
+fn perform(spool: Option<&Spool>, actions: Vec<DiskAction>) {
+    let Some(spool) = spool else { return };
+    for action in actions {
+        match action {
+            DiskAction::Remove(id) => spool.remove(id),
+        }
     }
-    if remaining > 0 {
-        st.items.insert(
-            id,
-            ItemState { group_key, identities, alerts, remaining, enqueued_at: now, created_unix },
-        );
-    }
-}
-
-/// Recomputes the byte and message totals from the queue (after removals).
-fn recount(st: &mut State) {
-    st.bytes = st.queue.iter().map(|p| p.text.len() as u64).sum();
-    st.messages = st.queue.len();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alertmanager::{Alert, Pairs, Status};
+    use crate::time::Timestamp;
+    use std::sync::Arc;
 
-    fn limits(max_messages: usize) -> Limits {
-        Limits { max_messages, max_bytes: 1 << 20, dedup_window: Duration::from_secs(300) }
-    }
-
-    fn item(group: &str, ids: &[&str], dedup: Option<u64>, text: &str) -> NewItem {
-        NewItem {
+    fn payload(group: &str, fp: &str) -> Payload {
+        Payload {
+            status: Status::Firing,
+            receiver: "r".into(),
             group_key: group.into(),
-            identities: ids.iter().map(|s| s.to_string()).collect(),
-            dedup_key: dedup,
-            alerts: ids.len(),
-            parts: vec![text.into()],
+            group_labels: Pairs::default(),
+            common_labels: Pairs::default(),
+            common_annotations: Pairs::default(),
+            external_url: None,
+            truncated_alerts: 0,
+            alerts: vec![Alert {
+                status: Status::Firing,
+                labels: Pairs(vec![("alertname".into(), "A".into())]),
+                annotations: Pairs::default(),
+                starts_at: Some(Timestamp { unix_seconds: 1, nanos: 0 }),
+                ends_at: None,
+                generator_url: None,
+                fingerprint: fp.into(),
+            }],
         }
     }
 
-    fn take(o: &Outbox) -> Option<String> {
-        let b = o.next_batch(Instant::now, 1)?;
-        o.complete(Outcome::Delivered);
-        Some(b.text)
-    }
-
+    /// Many enqueuers against a sending thread: the limit holds at every moment, no count
+    /// underflows (a debug build would panic), and everything accepted is sent exactly once.
     #[test]
-    fn full_outbox_refuses_and_dedup_forgets() {
-        let o = Outbox::new(limits(2), None);
-        let offer = |group: &str, id: &str, key: u64| {
-            if o.seen(key) {
-                return Ok(Enqueued::Duplicate);
-            }
-            o.enqueue(item(group, &[id], Some(key), id))
+    fn many_enqueuers_against_a_sender() {
+        let outbox = Arc::new(Outbox::new(
+            Limits { max_messages: 50, max_bytes: 1 << 30, dedup_window: Duration::from_secs(60) },
+            None,
+        ));
+        let sent = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sender = {
+            let (o, sent) = (Arc::clone(&outbox), Arc::clone(&sent));
+            std::thread::spawn(move || {
+                while let Some(snap) = o.next(Instant::now) {
+                    assert!(o.stats().messages <= 50);
+                    if let Snapshot::Groups(groups) = snap {
+                        let g = &groups[0];
+                        let cover = Cover {
+                            legacy: None,
+                            alerts: g
+                                .versions
+                                .iter()
+                                .map(|(id, v)| (g.key.clone(), id.clone(), *v))
+                                .collect(),
+                        };
+                        o.settle(&cover, Outcome::Delivered);
+                        sent.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(g.versions.iter().map(|(id, _)| id.clone()));
+                    }
+                }
+            })
         };
-        assert!(matches!(offer("g1", "1", 1), Ok(Enqueued::Queued { .. })));
-        assert!(matches!(offer("g2", "2", 2), Ok(Enqueued::Queued { .. })));
-        assert!(matches!(offer("g3", "3", 3), Err(EnqueueError::Full)));
-        assert_eq!(offer("g1", "1", 1).ok(), Some(Enqueued::Duplicate));
-        assert_eq!(take(&o).as_deref(), Some("1"));
-        // Key 3 was forgotten when refused, so Alertmanager's retry gets in.
-        assert!(matches!(offer("g3", "3", 3), Ok(Enqueued::Queued { .. })));
+        let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+        let workers: Vec<_> = (0..8)
+            .map(|w| {
+                let (o, accepted) = (Arc::clone(&outbox), Arc::clone(&accepted));
+                std::thread::spawn(move || {
+                    for i in 0..300 {
+                        let fp = format!("w{w}-{i}");
+                        match o.enqueue(payload(&format!("g{w}-{i}"), &fp), b"{}", None) {
+                            Ok(Enqueued::Queued { .. }) => {
+                                accepted.lock().unwrap_or_else(|p| p.into_inner()).push(fp)
+                            }
+                            Ok(other) => panic!("not queued: {other:?}"),
+                            Err(EnqueueError::Full) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                        assert!(o.stats().messages <= 50);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            assert!(w.join().is_ok());
+        }
+        assert!(outbox.drain(Instant::now() + Duration::from_secs(30)));
+        outbox.stop();
+        assert!(sender.join().is_ok());
+        let mut a = accepted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut s = sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        a.sort();
+        s.sort();
+        assert!(!a.is_empty());
+        assert_eq!(a, s);
+        let st = outbox.stats();
+        assert_eq!((st.messages, st.bytes, st.alerts), (0, 0, 0));
     }
 
     #[test]
-    fn resolved_supersedes_unsent_firing() {
-        let o = Outbox::new(limits(10), None);
-        let _ = o.enqueue(item("other", &["x"], None, "other"));
-        let _ = o.enqueue(item("g", &["a", "b"], None, "firing a b"));
-        let r = o.enqueue(item("g", &["a", "b", "c"], None, "resolved a b, firing c"));
-        assert!(matches!(r, Ok(Enqueued::Queued { superseded: 1, .. })));
-        assert_eq!(take(&o).as_deref(), Some("other"));
-        assert_eq!(take(&o).as_deref(), Some("resolved a b, firing c"));
-        assert_eq!(o.stats().messages, 0);
-    }
-
-    #[test]
-    fn in_flight_is_never_superseded_and_retry_keeps_order() {
-        let o = Outbox::new(limits(10), None);
-        let _ = o.enqueue(item("g", &["a"], None, "first"));
-        let batch = o.next_batch(Instant::now, 5).map(|b| b.text);
-        assert_eq!(batch.as_deref(), Some("first"));
-        let r = o.enqueue(item("g", &["a"], None, "second"));
-        assert!(matches!(r, Ok(Enqueued::Queued { superseded: 0, .. })));
-        o.complete(Outcome::Retry);
-        assert_eq!(take(&o).as_deref(), Some("first"));
-        assert_eq!(take(&o).as_deref(), Some("second"));
-    }
-
-    #[test]
-    fn closed_intake_refuses() {
-        let o = Outbox::new(limits(10), None);
+    fn closed_intake_refuses_and_dedup_forgets() {
+        let o = Outbox::new(
+            Limits { max_messages: 10, max_bytes: 1 << 20, dedup_window: Duration::from_secs(60) },
+            None,
+        );
+        assert!(!o.seen(7));
         o.close_intake();
-        assert!(matches!(o.enqueue(item("g", &["a"], None, "x")), Err(EnqueueError::ShuttingDown)));
+        assert!(matches!(
+            o.enqueue(payload("g", "a"), b"{}", Some(7)),
+            Err(EnqueueError::ShuttingDown)
+        ));
+        assert!(!o.seen(7), "a refused notification's retry is not a duplicate");
         assert!(o.drain(Instant::now()));
     }
 }

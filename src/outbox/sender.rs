@@ -1,10 +1,13 @@
 //! The sender thread: the only code that calls [`crate::wecom`].
 //!
-//! It takes the oldest queued pieces once the limiter and any backoff allow, sends them as one
-//! message and settles the batch by the error's class: delivered → dropped from the outbox;
-//! `Retry` → exponential backoff with jitter, same batch again; `RateLimited` (45009) → this
-//! robot pauses until its window has passed; `Permanent` → logged at error with a hint,
-//! counted, dropped. Every attempt spends budget, as WeCom counts failed calls too.
+//! Once the limiter and any backoff allow, it takes a snapshot of what is pending, composes the
+//! next messages from it with the robot's current settings ([`super::compose`]), sends them one
+//! by one within the budget and settles each by the error's class: delivered → those alert
+//! states leave the outbox; `Retry` → exponential backoff with jitter, then composed again;
+//! `RateLimited` (45009) → this robot pauses until its window has passed; `Permanent` → a
+//! message of several groups or alerts is retried in smaller pieces, and only a one-alert
+//! message is given up (logged with a hint, counted per alert, kept in `failed/`). Every
+//! attempt spends budget, as WeCom counts failed calls too.
 //!
 //! A failure is logged when it starts or changes, not on every retry.
 
@@ -12,9 +15,15 @@ use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::alertmanager::Payload;
+use crate::config_file::MentionEntry;
 use crate::metrics;
+use crate::outbox::compose::{compose, Message, Style};
 use crate::outbox::limiter::Limiter;
-use crate::outbox::{self, Outbox, Outcome};
+use crate::outbox::queue::Outcome;
+use crate::outbox::Outbox;
+use crate::template::Template;
+use crate::time::TzOffset;
 use crate::values::Rate;
 use crate::wecom::{self, Class, MsgType, SendError, WebhookUrl};
 
@@ -29,6 +38,7 @@ pub struct Settings {
     pub robot: String,
     pub retry_initial: Duration,
     pub retry_max: Duration,
+    pub tz: TzOffset,
 }
 
 /// Where a robot sends and how fast: shared with the config reload, which swaps it while the
@@ -61,22 +71,58 @@ impl Backoff {
     }
 }
 
-/// Spawns the sender as an OS thread (attohttpc blocks; coroutines must not).
-pub fn spawn(
-    outbox: Arc<Outbox>,
-    live: Live,
-    settings: Settings,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("sender-{}", settings.robot))
-        .spawn(move || run(&outbox, &live, &settings))
+/// Who to @-mention for a group, from the routing in force when the message is composed.
+pub type Mentions = Arc<dyn Fn(&Payload) -> MentionEntry + Send + Sync>;
+
+/// The robot's template (`None`: the built-in layout); a reload swaps it.
+pub type SharedTemplate = Arc<Mutex<Option<Arc<Template>>>>;
+
+/// What the sender reads from its robot at every message.
+#[derive(Clone)]
+pub struct Source {
+    pub outbox: Arc<Outbox>,
+    pub live: Live,
+    pub template: SharedTemplate,
+    pub mentions: Mentions,
+}
+
+/// Spawns the sender as an OS thread (attohttpc blocks; coroutines must not), supervised: a
+/// panic is logged, counted, and the loop restarts after a backoff (1 s doubling to 60 s);
+/// while it is down the outbox says so and `/-/ready` answers 503.
+pub fn spawn(robot: Source, settings: Settings) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("sender-{}", settings.robot)).spawn(move || {
+        let mut pause = Duration::from_secs(1);
+        loop {
+            robot.outbox.set_sender_alive(true);
+            let run_once = std::panic::AssertUnwindSafe(|| run(&robot, &settings));
+            match std::panic::catch_unwind(run_once) {
+                Ok(()) => return,
+                Err(_) => {
+                    robot.outbox.set_sender_alive(false);
+                    metrics::sender_restarted(&settings.robot);
+                    log::error!(
+                        "sender panicked, restarting robot={} restart_in_ms={}",
+                        settings.robot,
+                        pause.as_millis()
+                    );
+                    if !robot.outbox.pause_until(Instant::now() + pause) {
+                        robot.outbox.set_sender_alive(true);
+                        return;
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    })
 }
 
 fn current(live: &Live) -> (Target, Rate, MsgType) {
     live.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-fn run(outbox: &Outbox, live: &Live, settings: &Settings) {
+fn run(robot: &Source, settings: &Settings) {
+    let outbox = &robot.outbox;
+    let live = &robot.live;
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(1);
     let mut backoff = Backoff {
         initial: settings.retry_initial,
@@ -88,94 +134,134 @@ fn run(outbox: &Outbox, live: &Live, settings: &Settings) {
     let limiter = RefCell::new(Limiter::new(rate));
     let mut hold_until = Instant::now();
     let mut failing: Option<String> = None;
-    let robot = settings.robot.as_str();
+    let name = settings.robot.as_str();
 
     loop {
-        let not_before = || {
+        let not_before = |hold: Instant| {
             let now = Instant::now();
-            limiter.borrow_mut().next_allowed(now).max(hold_until)
+            limiter.borrow_mut().next_allowed(now).max(hold)
         };
-        let limit = current(live).2.limit();
-        let Some(batch) = outbox.next_batch(not_before, limit) else {
+        let Some(snapshot) = outbox.next(|| not_before(hold_until)) else {
             return;
         };
-        // Read again: a reload may have changed the key or the budget while we waited.
+        #[cfg(debug_assertions)]
+        if std::env::var_os("WEIXIN_ROBOT_DEBUG_SENDER_PANIC").is_some_and(|v| v == name) {
+            std::env::remove_var("WEIXIN_ROBOT_DEBUG_SENDER_PANIC");
+            panic!("deliberate sender panic (WEIXIN_ROBOT_DEBUG_SENDER_PANIC)");
+        }
+        // Read again: a reload may have changed the key, budget, type or template meanwhile.
         let (target, new_rate, msgtype) = current(live);
         if new_rate != rate {
             rate = new_rate;
             limiter.borrow_mut().set_rate(rate);
         }
-        let target = &target;
-        let (result, latency) = match target {
-            Target::WeCom { client, url } => {
-                client.send(url, &outbox::body_of(&batch.text, msgtype))
+        let template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
+        let style = Style { msgtype, template: template.as_deref(), tz: settings.tz };
+        let composed = compose(snapshot, &style, &|p: &Payload| (robot.mentions)(p));
+        for (i, c) in composed.iter().enumerate() {
+            if i > 0 && !outbox.pause_until(not_before(hold_until)) {
+                return;
             }
-            Target::Stdout => {
-                println!("{}", outbox::body_of(&batch.text, msgtype));
-                (Ok(()), Duration::ZERO)
-            }
-        };
-        let finished = Instant::now();
-        if matches!(target, Target::WeCom { .. }) {
-            limiter.borrow_mut().record(finished);
-        }
-        metrics::observe_send_latency(robot, latency);
-        let latency_ms = latency.as_millis();
-        let bytes = batch.text.len();
-        match result {
-            Ok(()) => {
-                metrics::inc_sent(robot);
-                if let Some(previous) = failing.take() {
-                    log::info!("delivery recovered robot={robot} after=\"{previous}\"");
+            let body = c.message.body();
+            let (result, latency) = match &target {
+                Target::WeCom { client, url } => client.send(url, &body),
+                Target::Stdout => {
+                    println!("dry run robot={name}\n{body}");
+                    (Ok(()), Duration::ZERO)
                 }
-                log::info!(
-                    "message sent robot={robot} notifications={} alerts={} bytes={bytes} errcode=0 latency_ms={latency_ms}",
-                    batch.notifications,
-                    batch.alerts
-                );
-                backoff.reset();
-                outbox.complete(Outcome::Delivered);
+            };
+            let finished = Instant::now();
+            if matches!(target, Target::WeCom { .. }) {
+                limiter.borrow_mut().record(finished);
             }
-            Err(e) => {
-                let class = e.class();
-                metrics::inc_failed(robot, &e);
-                match class {
-                    Class::Retry | Class::RateLimited => {
-                        metrics::inc_retry(robot);
-                        let wait = if class == Class::RateLimited {
-                            let until = limiter.borrow_mut().pause_after_rate_limit(finished);
-                            until.saturating_duration_since(finished)
-                        } else {
-                            backoff.next()
-                        };
-                        hold_until = finished + wait;
-                        let summary = summarize(&e);
-                        if failing.as_deref() != Some(summary.as_str()) {
-                            log::warn!(
-                                "send failed, will retry robot={robot} class={} {} retry_in_ms={} latency_ms={latency_ms}",
-                                class.as_str(),
-                                summary,
-                                wait.as_millis()
-                            );
-                            failing = Some(summary);
-                        } else {
-                            log::debug!(
-                                "send failed again robot={robot} retry_in_ms={}",
-                                wait.as_millis()
-                            );
-                        }
-                        outbox.complete(Outcome::Retry);
+            metrics::observe_send_latency(name, latency);
+            let latency_ms = latency.as_millis();
+            let bytes = c.message.text().len();
+            let alerts = c.cover.alerts.len();
+            let part = c.part.map_or_else(String::new, |(i, n)| format!(" part={i}/{n}"));
+            let kind = match &c.message {
+                Message::Mention { .. } => " kind=mention",
+                Message::Raw(_) => " kind=legacy",
+                Message::Content { .. } if c.cover.legacy.is_some() => " kind=legacy",
+                Message::Content { .. } => "",
+            };
+            match result {
+                Ok(()) => {
+                    metrics::inc_sent(name);
+                    if let Some(previous) = failing.take() {
+                        log::info!("delivery recovered robot={name} after=\"{previous}\"");
                     }
-                    Class::Permanent => {
-                        log::error!(
-                            "message dropped robot={robot} notifications={} alerts={} bytes={bytes} {}",
-                            batch.notifications,
-                            batch.alerts,
-                            summarize(&e)
-                        );
-                        failing = None;
-                        backoff.reset();
-                        outbox.complete(Outcome::Failed);
+                    let what = if matches!(target, Target::Stdout) {
+                        "dry run: message printed"
+                    } else {
+                        "message sent"
+                    };
+                    log::info!(
+                        "{what} robot={name}{part}{kind} groups={} alerts={alerts} bytes={bytes} errcode=0 latency_ms={latency_ms}",
+                        c.groups
+                    );
+                    backoff.reset();
+                    outbox.settle(&c.cover, Outcome::Delivered);
+                }
+                Err(e) => {
+                    let class = e.class();
+                    metrics::inc_failed(name, &e);
+                    match class {
+                        Class::Retry | Class::RateLimited => {
+                            metrics::inc_retry(name);
+                            let wait = if class == Class::RateLimited {
+                                let until = limiter.borrow_mut().pause_after_rate_limit(finished);
+                                until.saturating_duration_since(finished)
+                            } else {
+                                backoff.next()
+                            };
+                            hold_until = finished + wait;
+                            let summary = summarize(&e);
+                            if failing.as_deref() != Some(summary.as_str()) {
+                                log::warn!(
+                                    "send failed, will retry robot={name}{part} class={} {} retry_in_ms={} latency_ms={latency_ms}",
+                                    class.as_str(),
+                                    summary,
+                                    wait.as_millis()
+                                );
+                                failing = Some(summary);
+                            } else {
+                                log::debug!(
+                                    "send failed again robot={name} retry_in_ms={}",
+                                    wait.as_millis()
+                                );
+                            }
+                            outbox.settle(&c.cover, Outcome::Retry);
+                            break;
+                        }
+                        Class::Permanent => {
+                            failing = None;
+                            backoff.reset();
+                            let settled = outbox.settle(&c.cover, Outcome::Refused);
+                            if settled.isolated {
+                                log::warn!(
+                                    "message refused, sending its groups or alerts one by one to find the bad one robot={name}{part} groups={} alerts={alerts} bytes={bytes} {}",
+                                    c.groups,
+                                    summarize(&e)
+                                );
+                            } else {
+                                log::error!(
+                                    "message dropped robot={name}{part}{kind} alerts={} bytes={bytes} {}",
+                                    settled.given_up,
+                                    summarize(&e)
+                                );
+                                if settled.given_up > 0 {
+                                    metrics::alerts_failed(name, e.reason(), settled.given_up);
+                                    outbox.keep_failed(format!(
+                                        "robot: {name}\nreason: {}\nalerts: {}\n\n{}\n",
+                                        summarize(&e),
+                                        settled.given_up,
+                                        c.message.text()
+                                    ));
+                                }
+                            }
+                            break;
+                        }
                     }
                 }
             }

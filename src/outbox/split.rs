@@ -1,5 +1,5 @@
 //! Fitting documents into WeCom's message size limit: [`split`] one long notification into
-//! numbered parts, [`merge`] several short ones into one message.
+//! numbered parts (`outbox::compose` packs short ones into one message).
 //!
 //! Invariants: no returned message exceeds the limit in UTF-8 bytes; a notification is cut only
 //! between alerts, except a single alert that alone exceeds the limit, which is cut on a
@@ -20,13 +20,21 @@ struct Part {
     heading: usize,
     last_section: usize,
     body: String,
+    /// Alert blocks in this part (the footer is not one).
+    alerts: usize,
 }
 
 /// Splits a document into messages of at most `limit` bytes, numbered "(i/n)" when n > 1.
 pub fn split(doc: &Document, limit: usize) -> Vec<String> {
+    split_counted(doc, limit).into_iter().map(|(text, _)| text).collect()
+}
+
+/// [`split`], with the number of alert blocks each part holds (blocks keep the document's
+/// order, so the sender knows which alerts a delivered part told).
+pub fn split_counted(doc: &Document, limit: usize) -> Vec<(String, usize)> {
     let whole = doc.to_markdown();
     if whole.len() <= limit {
-        return vec![whole];
+        return vec![(whole, doc.sections.iter().map(|s| s.alerts.len()).sum())];
     }
     let headings: Vec<&str> = doc.sections.iter().map(|s| s.heading.as_str()).collect();
     let units = doc.sections.iter().map(|s| s.alerts.len()).sum::<usize>() + 1;
@@ -38,6 +46,9 @@ pub fn split(doc: &Document, limit: usize) -> Vec<String> {
     for (section_index, section) in doc.sections.iter().enumerate() {
         for alert in &section.alerts {
             add_block(&mut parts, &headings, section_index, alert, limit, suffix_room);
+            if let Some(part) = parts.last_mut() {
+                part.alerts += 1;
+            }
         }
     }
     if let Some(footer) = &doc.footer {
@@ -57,7 +68,7 @@ pub fn split(doc: &Document, limit: usize) -> Vec<String> {
                 out.push_str(SEP);
                 out.push_str(&part.body);
             }
-            out
+            (out, part.alerts)
         })
         .collect()
 }
@@ -93,7 +104,7 @@ fn add_block(
         let keep = cut_utf8(block, room.saturating_sub(CUT_MARKER.len()));
         format!("{keep}{CUT_MARKER}")
     };
-    parts.push(Part { heading: section, last_section: section, body });
+    parts.push(Part { heading: section, last_section: section, body, alerts: 0 });
 }
 
 /// The longest prefix of `s` that is at most `max_bytes` long and ends on a char boundary.
@@ -106,36 +117,6 @@ pub fn cut_utf8(s: &str, max_bytes: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// How many of `pieces` (taken from the front) fit into one message of at most `limit` bytes
-/// when joined by a blank line. Always at least 1 when `pieces` is non-empty, since every piece
-/// already fits on its own.
-pub fn merge_count<'a>(pieces: impl IntoIterator<Item = &'a str>, limit: usize) -> usize {
-    let mut total = 0;
-    let mut count = 0;
-    for piece in pieces {
-        // A raw body (a `text` message) goes alone.
-        if piece.starts_with(super::RAW_BODY_MARKER) {
-            return count.max(1);
-        }
-        let added = if count == 0 { piece.len() } else { SEP.len() + piece.len() };
-        if count > 0 && total + added > limit {
-            break;
-        }
-        total += added;
-        count += 1;
-    }
-    count
-}
-
-/// Joins pieces into one message, as counted by [`merge_count`].
-pub fn merge<'a>(pieces: impl IntoIterator<Item = &'a str>) -> String {
-    let mut out = String::new();
-    for piece in pieces {
-        push_block(&mut out, piece);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -253,25 +234,5 @@ mod tests {
         assert_eq!(cut_utf8(s, 2), "a");
         assert_eq!(cut_utf8(s, 4), "a告");
         assert_eq!(cut_utf8(s, 99), s);
-    }
-
-    #[test]
-    fn merge_packs_in_order_within_the_limit() {
-        let pieces = ["a".repeat(2000), "b".repeat(2000), "c".repeat(100)];
-        let refs = || pieces.iter().map(String::as_str);
-        assert_eq!(merge_count(refs(), 4096), 2);
-        assert_eq!(merge_count(refs().skip(1), 4096), 2);
-        assert_eq!(merge(refs().take(2)).len(), 4002);
-        assert_eq!(merge_count(["x".repeat(5000).as_str()], 4096), 1);
-    }
-
-    #[test]
-    fn raw_bodies_are_never_merged() {
-        let raw = crate::outbox::raw_body_piece("{}");
-        assert_eq!(merge_count(["a", raw.as_str(), "b"], 4096), 1);
-        assert_eq!(merge_count([raw.as_str(), "b"], 4096), 1);
-        let md = crate::wecom::MsgType::Markdown;
-        assert_eq!(crate::outbox::body_of(&raw, md), "{}");
-        assert!(crate::outbox::body_of("md", md).contains("\"msgtype\":\"markdown\""));
     }
 }

@@ -1,47 +1,66 @@
-//! The on-disk outbox: one file per accepted notification, deleted once it is delivered.
+//! The on-disk outbox: accepted notifications as Alertmanager sent them, written by one writer
+//! thread per spool with group commit, deleted once nothing pending refers to them.
 //!
 //! # Invariants
-//! - A notification is acknowledged (HTTP 200) only after its file is complete and durable:
-//!   written to `queue/<id>.tmp`, fsynced, renamed to `queue/<id>.item`, directory fsynced.
-//!   A crash before the rename leaves only a `.tmp`, which recovery deletes: that notification
-//!   was never acknowledged, so Alertmanager still holds it and will retry.
-//! - A file is deleted only after every message it holds was delivered or permanently failed
-//!   (at-least-once: a crash between send and delete resends it once). When only some of a
-//!   notification's parts went out, the file is atomically replaced by one with the rest.
-//! - IDs are monotonic: recovery continues after the highest ID on disk, and replays in ID order,
-//!   which is arrival order.
+//! - A notification is acknowledged (HTTP 200) only after the file holding it is complete and
+//!   durable. The writer takes every record waiting, writes them into one file
+//!   `queue/<first id>.rec.tmp`, fsyncs it, renames it to `queue/<first id>.rec`, fsyncs the
+//!   directory, and only then wakes every waiter of that batch: one fsync of the file and one of
+//!   the directory cover all of them. A crash before the rename leaves only a `.tmp`, which
+//!   recovery deletes: those notifications were never acknowledged, Alertmanager retries them.
+//! - Intake waits for the writer with `may`'s channel (a coroutine yields, it does not block its
+//!   worker); no disk work runs on a coroutine or under the outbox lock.
+//! - A file is deleted when every record in it was released by the queue (delivered, replaced
+//!   by a newer state or given up): at-least-once, a crash between send and delete resends.
+//! - Record IDs are monotonic: recovery continues after the highest ID on disk and replays in
+//!   ID order, which is arrival order. Directories created here are fsynced into their parents.
 //!
-//! # Format
-//! `WXR1 <payload length> <FNV-1a 64 checksum, 16 hex digits>\n` followed by the payload, a JSON
-//! object: `{"id", "group_key", "identities", "alerts", "parts", "created_unix"}`.
+//! # Format (version 2)
+//! A `.rec` file is one or more frames: `WXR2 <payload length> <FNV-1a 64, 16 hex digits>\n`
+//! then the payload: a JSON line `{"id":N,"created_unix":T}\n` followed by the webhook body as
+//! received (Alertmanager's own JSON, so a record is readable with any JSON tool).
+//!
+//! Version 1 (1.0.0): `queue/<id>.item`, one frame `WXR1 <len> <fnv>\n` + JSON
+//! `{"id","group_key","identities","alerts","parts","created_unix"}` holding rendered messages.
+//! Still read, and delivered as they are.
 //!
 //! # Recovery
-//! Every `.item` is read and checked; a short, unparsable or checksum-failing file is moved to
-//! `corrupt/`, counted and logged, and recovery goes on: one bad file never blocks the rest.
-//! Permanently failed messages are kept as `failed/<id>-<unix time>.md` for a human to read.
+//! Every file is read and each frame checked; a file with a short, unparsable or
+//! checksum-failing frame is moved to `corrupt/` (its good frames are written again into a new
+//! file first), counted and logged, and recovery goes on. Alerts WeCom refused for good are
+//! kept in `failed/<unix>-<n>.md`, one file per message, never overwritten.
 //!
-//! Directory layout under `--state-dir`: `queue/`, `failed/`, `corrupt/`.
+//! Directory layout under a robot's directory: `queue/`, `failed/`, `corrupt/`.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-const MAGIC: &str = "WXR1";
+const MAGIC_V1: &str = "WXR1";
+const MAGIC_V2: &str = "WXR2";
 
-/// One accepted notification as stored.
+/// One recovered record.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    pub id: u64,
-    pub group_key: String,
-    /// Alert identities (fingerprint or label hash) with status, for superseding.
-    pub identities: Vec<String>,
-    pub alerts: usize,
-    /// Messages still to send, each within WeCom's limit.
-    pub parts: Vec<String>,
-    pub created_unix: u64,
+pub enum Record {
+    /// A webhook body as accepted.
+    Body { id: u64, created_unix: u64, body: Vec<u8> },
+    /// 1.0.0's rendered messages still to send.
+    Rendered { id: u64, created_unix: u64, parts: Vec<String> },
+}
+
+impl Record {
+    pub fn id(&self) -> u64 {
+        match self {
+            Record::Body { id, .. } | Record::Rendered { id, .. } => *id,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -66,99 +85,376 @@ fn ctx(doing: impl FnOnce() -> String) -> impl FnOnce(io::Error) -> Error {
     move |source| Error { doing: doing(), source }
 }
 
-pub struct Spool {
-    queue: PathBuf,
-    failed: PathBuf,
-    corrupt: PathBuf,
-}
-
 /// What recovery found.
 pub struct Recovered {
     pub records: Vec<Record>,
     pub corrupt: usize,
 }
 
-impl Spool {
-    /// Opens (creating) the directories and recovers what is pending, in ID order.
-    pub fn open(state_dir: &Path) -> Result<(Spool, Recovered), Error> {
-        let spool = Spool {
-            queue: state_dir.join("queue"),
-            failed: state_dir.join("failed"),
-            corrupt: state_dir.join("corrupt"),
-        };
-        for dir in [&spool.queue, &spool.failed, &spool.corrupt] {
-            fs::create_dir_all(dir).map_err(ctx(|| format!("creating {}", dir.display())))?;
+struct WriteJob {
+    id: u64,
+    frame: Vec<u8>,
+    /// Told the outcome once the batch is durable. The text names no path (it may reach an
+    /// HTTP answer).
+    done: may::sync::mpsc::Sender<Result<(), String>>,
+}
+
+#[derive(Default)]
+struct Jobs {
+    writes: Vec<WriteJob>,
+    removes: Vec<u64>,
+    failed: Vec<String>,
+    stop: bool,
+}
+
+struct Shared {
+    jobs: Mutex<Jobs>,
+    wake: Condvar,
+    healthy: AtomicBool,
+}
+
+pub struct Spool {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+struct Dirs {
+    queue: PathBuf,
+    failed: PathBuf,
+    corrupt: PathBuf,
+}
+
+/// The writer thread's own books: which file holds which record.
+struct Files {
+    path: HashMap<u64, PathBuf>,
+    live: HashMap<u64, usize>,
+    file_of: HashMap<u64, u64>,
+}
+
+impl Files {
+    fn add(&mut self, file: u64, path: PathBuf, records: &[u64]) {
+        self.path.insert(file, path);
+        self.live.insert(file, records.len());
+        for r in records {
+            self.file_of.insert(*r, file);
         }
-        let recovered = spool.recover()?;
-        Ok((spool, recovered))
     }
 
-    fn recover(&self) -> Result<Recovered, Error> {
-        let mut records = Vec::new();
-        let mut corrupt = 0;
-        let entries = fs::read_dir(&self.queue)
-            .map_err(ctx(|| format!("reading {}", self.queue.display())))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            match path.extension().and_then(|e| e.to_str()) {
-                Some("tmp") => {
-                    // Never acknowledged: Alertmanager still has it.
-                    let _ = fs::remove_file(&path);
+    /// Forgets a record; returns the file to delete when it was the last in it.
+    fn release(&mut self, record: u64) -> Option<PathBuf> {
+        let file = self.file_of.remove(&record)?;
+        let live = self.live.get_mut(&file)?;
+        *live = live.saturating_sub(1);
+        if *live > 0 {
+            return None;
+        }
+        self.live.remove(&file);
+        self.path.remove(&file)
+    }
+}
+
+/// Creates `dir` and any missing parents, fsyncing each new directory into its parent so the
+/// directory entry itself survives a crash.
+pub fn create_dir_durable(dir: &Path) -> Result<(), Error> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || d.is_dir() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        cur = d.parent();
+    }
+    for d in missing.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(ctx(|| format!("creating {}", d.display()))(e)),
+        }
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent).map_err(ctx(|| format!("syncing {}", parent.display())))?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes, syncs and removes a file: whether the directory takes writes right now.
+fn probe(dir: &Path) -> io::Result<()> {
+    let path = dir.join(".probe");
+    let result = (|| {
+        let mut f = File::create(&path)?;
+        f.write_all(b"probe")?;
+        f.sync_all()
+    })();
+    let _ = fs::remove_file(&path);
+    result
+}
+
+impl Spool {
+    /// Opens (creating) the directories, checks that they take writes, recovers what is
+    /// pending (in ID order) and starts the writer thread.
+    pub fn open(dir: &Path, robot: &str) -> Result<(Spool, Recovered), Error> {
+        let dirs = Dirs {
+            queue: dir.join("queue"),
+            failed: dir.join("failed"),
+            corrupt: dir.join("corrupt"),
+        };
+        for d in [&dirs.queue, &dirs.failed, &dirs.corrupt] {
+            create_dir_durable(d)?;
+        }
+        probe(&dirs.queue).map_err(ctx(|| format!("writing to {}", dirs.queue.display())))?;
+        let mut files =
+            Files { path: HashMap::new(), live: HashMap::new(), file_of: HashMap::new() };
+        let recovered = recover(&dirs, &mut files)?;
+        let shared = Arc::new(Shared {
+            jobs: Mutex::new(Jobs::default()),
+            wake: Condvar::new(),
+            healthy: AtomicBool::new(true),
+        });
+        let s = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name(format!("spool-{robot}"))
+            .spawn(move || write_loop(&s, &dirs, files))
+            .map_err(ctx(|| "starting the spool writer thread".to_string()))?;
+        Ok((Spool { shared, writer: Mutex::new(Some(writer)) }, recovered))
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, Jobs> {
+        self.shared.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a record durable; returns once the batch holding it is fsynced. Safe to call
+    /// from a coroutine (it yields while waiting).
+    pub fn commit(&self, id: u64, created_unix: u64, body: &[u8]) -> Result<(), String> {
+        let (tx, rx) = may::sync::mpsc::channel();
+        {
+            let mut jobs = self.jobs();
+            if jobs.stop {
+                return Err("the spool is closed".into());
+            }
+            jobs.writes.push(WriteJob { id, frame: frame_v2(id, created_unix, body), done: tx });
+        }
+        self.shared.wake.notify_one();
+        rx.recv().unwrap_or_else(|_| Err("the spool writer stopped".into()))
+    }
+
+    /// Deletes a record (its file once every record in it is gone). Does not wait: a lost
+    /// delete only means one resend after a crash.
+    pub fn remove(&self, id: u64) {
+        self.jobs().removes.push(id);
+        self.shared.wake.notify_one();
+    }
+
+    /// Keeps a message WeCom refused for good, for a human to read. Does not wait.
+    pub fn keep_failed(&self, text: String) {
+        self.jobs().failed.push(text);
+        self.shared.wake.notify_one();
+    }
+
+    /// False while the last write failed (read-only, full disk); the writer probes again
+    /// every few seconds.
+    pub fn healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Finishes what is queued (deletes included) and stops the writer.
+    pub fn close(&self) {
+        self.jobs().stop = true;
+        self.shared.wake.notify_all();
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn write_loop(shared: &Shared, dirs: &Dirs, mut files: Files) {
+    let mut failed_seq: u64 = 0;
+    loop {
+        let jobs = {
+            let mut jobs = shared.jobs.lock().unwrap_or_else(|p| p.into_inner());
+            while jobs.writes.is_empty()
+                && jobs.removes.is_empty()
+                && jobs.failed.is_empty()
+                && !jobs.stop
+            {
+                let unhealthy = !shared.healthy.load(Ordering::Relaxed);
+                let wait =
+                    if unhealthy { Duration::from_secs(2) } else { Duration::from_secs(3600) };
+                let (guard, timeout) =
+                    shared.wake.wait_timeout(jobs, wait).unwrap_or_else(|p| p.into_inner());
+                jobs = guard;
+                if timeout.timed_out() && unhealthy && probe(&dirs.queue).is_ok() {
+                    log::info!("spool takes writes again dir={}", dirs.queue.display());
+                    shared.healthy.store(true, Ordering::Relaxed);
                 }
-                Some("item") => match fs::read(&path).ok().and_then(|b| decode(&b)) {
-                    Some(record) => records.push(record),
-                    None => {
-                        corrupt += 1;
-                        log::error!("spool file is corrupt, moved aside file={}", path.display());
-                        if let Some(name) = path.file_name() {
-                            let _ = fs::rename(&path, self.corrupt.join(name));
-                        }
+            }
+            let taken = std::mem::take(&mut *jobs);
+            // Stopping is for good: later commits must still see it.
+            jobs.stop = taken.stop;
+            taken
+        };
+        if !jobs.writes.is_empty() {
+            let first = jobs.writes[0].id;
+            let path = dirs.queue.join(format!("{first:020}.rec"));
+            let mut bytes = Vec::new();
+            for w in &jobs.writes {
+                bytes.extend_from_slice(&w.frame);
+            }
+            let result = write_durable(&dirs.queue, &path, &bytes);
+            let answer = match &result {
+                Ok(()) => {
+                    let ids: Vec<u64> = jobs.writes.iter().map(|w| w.id).collect();
+                    files.add(first, path.clone(), &ids);
+                    if !shared.healthy.swap(true, Ordering::Relaxed) {
+                        log::info!("spool takes writes again dir={}", dirs.queue.display());
                     }
-                },
-                _ => {}
+                    Ok(())
+                }
+                Err(e) => {
+                    if shared.healthy.swap(false, Ordering::Relaxed) {
+                        log::error!(
+                            "writing the spool failed file={} error=\"{e}\"",
+                            path.display()
+                        );
+                    }
+                    Err(format!("writing the spool: {e}"))
+                }
+            };
+            for w in jobs.writes {
+                let _ = w.done.send(answer.clone());
             }
         }
-        records.sort_by_key(|r| r.id);
-        Ok(Recovered { records, corrupt })
-    }
-
-    fn item_path(&self, id: u64) -> PathBuf {
-        self.queue.join(format!("{id:020}.item"))
-    }
-
-    /// Writes (or atomically replaces) a record and makes it durable before returning.
-    pub fn write(&self, record: &Record) -> Result<(), Error> {
-        let final_path = self.item_path(record.id);
-        let tmp = final_path.with_extension("tmp");
-        let bytes = encode(record);
-        let result = (|| {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &final_path)?;
-            File::open(&self.queue)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+        for id in jobs.removes {
+            if let Some(path) = files.release(id) {
+                if let Err(e) = fs::remove_file(&path) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        log::error!(
+                            "removing a delivered spool file={} error=\"{e}\"",
+                            path.display()
+                        );
+                    }
+                }
+            }
         }
-        result.map_err(ctx(|| format!("writing {}", final_path.display())))
-    }
-
-    /// Deletes a finished record. A lost delete only means one resend after a crash.
-    pub fn remove(&self, id: u64) -> Result<(), Error> {
-        let path = self.item_path(id);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ctx(|| format!("removing {}", path.display()))(e)),
+        let unix = unix_now();
+        for text in jobs.failed {
+            failed_seq += 1;
+            let path =
+                dirs.failed.join(format!("{unix}-{:06}-{failed_seq}.md", std::process::id()));
+            if let Err(e) = fs::write(&path, text) {
+                log::error!("keeping a failed message file={} error=\"{e}\"", path.display());
+            }
+        }
+        if jobs.stop {
+            return;
         }
     }
+}
 
-    /// Keeps a permanently failed message for a human to read.
-    pub fn keep_failed(&self, id: u64, unix: u64, text: &str) -> Result<(), Error> {
-        let path = self.failed.join(format!("{id:020}-{unix}.md"));
-        fs::write(&path, text).map_err(ctx(|| format!("writing {}", path.display())))
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// tmp, write, fsync, rename, fsync the directory.
+fn write_durable(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("rec.tmp");
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
+    result
+}
+
+fn recover(dirs: &Dirs, files: &mut Files) -> Result<Recovered, Error> {
+    let mut records = Vec::new();
+    let mut corrupt = 0;
+    let mut rewrite: Vec<Record> = Vec::new();
+    let entries =
+        fs::read_dir(&dirs.queue).map_err(ctx(|| format!("reading {}", dirs.queue.display())))?;
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+        if name.ends_with(".tmp") {
+            // Never acknowledged: Alertmanager still has it.
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        let v1 = name.ends_with(".item");
+        if !v1 && !name.ends_with(".rec") {
+            continue;
+        }
+        let bytes = fs::read(&path).unwrap_or_default();
+        let (good, bad) = if v1 {
+            match decode_v1(&bytes) {
+                Some(r) => (vec![r], false),
+                None => (Vec::new(), true),
+            }
+        } else {
+            decode_v2_frames(&bytes)
+        };
+        if bad {
+            corrupt += 1;
+            log::error!(
+                "spool file is corrupt, moved aside file={} good_records={}",
+                path.display(),
+                good.len()
+            );
+            rewrite.extend(good);
+            if let Some(name) = path.file_name() {
+                let _ = fs::rename(&path, dirs.corrupt.join(name));
+            }
+            continue;
+        }
+        let ids: Vec<u64> = good.iter().map(Record::id).collect();
+        if let Some(first) = ids.first() {
+            files.add(*first, path.clone(), &ids);
+        } else {
+            let _ = fs::remove_file(&path);
+        }
+        records.extend(good);
+    }
+    // Good records from a corrupt file get a file of their own again.
+    if !rewrite.is_empty() {
+        let first = rewrite[0].id();
+        let path = dirs.queue.join(format!("{first:020}.rec"));
+        let mut bytes = Vec::new();
+        for r in &rewrite {
+            match r {
+                Record::Body { id, created_unix, body } => {
+                    bytes.extend(frame_v2(*id, *created_unix, body));
+                }
+                Record::Rendered { .. } => {}
+            }
+        }
+        write_durable(&dirs.queue, &path, &bytes)
+            .map_err(ctx(|| format!("writing {}", path.display())))?;
+        let ids: Vec<u64> = rewrite.iter().map(Record::id).collect();
+        files.add(first, path, &ids);
+        records.extend(rewrite);
+    }
+    records.sort_by_key(Record::id);
+    Ok(Recovered { records, corrupt })
 }
 
 /// FNV-1a, 64 bit: a few lines, no dependency, and enough to catch torn or rotted files.
@@ -171,46 +467,72 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     hash
 }
 
-fn encode(r: &Record) -> Vec<u8> {
-    let payload = json!({
-        "id": r.id,
-        "group_key": r.group_key,
-        "identities": r.identities,
-        "alerts": r.alerts,
-        "parts": r.parts,
-        "created_unix": r.created_unix,
-    })
-    .to_string();
-    let mut out =
-        format!("{MAGIC} {} {:016x}\n", payload.len(), fnv1a64(payload.as_bytes())).into_bytes();
-    out.extend_from_slice(payload.as_bytes());
+fn frame_v2(id: u64, created_unix: u64, body: &[u8]) -> Vec<u8> {
+    let mut payload = json!({"id": id, "created_unix": created_unix}).to_string().into_bytes();
+    payload.push(b'\n');
+    payload.extend_from_slice(body);
+    let mut out = format!("{MAGIC_V2} {} {:016x}\n", payload.len(), fnv1a64(&payload)).into_bytes();
+    out.extend_from_slice(&payload);
     out
 }
 
-fn decode(bytes: &[u8]) -> Option<Record> {
+/// One frame's header and checked payload; returns the payload and the rest.
+fn frame<'a>(bytes: &'a [u8], magic: &str) -> Option<(&'a [u8], &'a [u8])> {
     let newline = bytes.iter().position(|&b| b == b'\n')?;
     let header = std::str::from_utf8(&bytes[..newline]).ok()?;
     let mut fields = header.split(' ');
-    if fields.next()? != MAGIC {
+    if fields.next()? != magic {
         return None;
     }
     let len: usize = fields.next()?.parse().ok()?;
     let sum = u64::from_str_radix(fields.next()?, 16).ok()?;
-    let payload = &bytes[newline + 1..];
-    if payload.len() != len || fnv1a64(payload) != sum {
+    let rest = &bytes[newline + 1..];
+    if rest.len() < len {
+        return None;
+    }
+    let (payload, rest) = rest.split_at(len);
+    (fnv1a64(payload) == sum).then_some((payload, rest))
+}
+
+/// Every good frame, and whether a bad one was found (the rest of the file is unreadable).
+fn decode_v2_frames(mut bytes: &[u8]) -> (Vec<Record>, bool) {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let Some((payload, rest)) = frame(bytes, MAGIC_V2) else {
+            return (out, true);
+        };
+        let Some(newline) = payload.iter().position(|&b| b == b'\n') else {
+            return (out, true);
+        };
+        let head: Option<Value> = serde_json::from_slice(&payload[..newline]).ok();
+        let fields = head
+            .as_ref()
+            .and_then(|v| Some((v.get("id")?.as_u64()?, v.get("created_unix")?.as_u64()?)));
+        let Some((id, created_unix)) = fields else {
+            return (out, true);
+        };
+        out.push(Record::Body { id, created_unix, body: payload[newline + 1..].to_vec() });
+        bytes = rest;
+    }
+    (out, false)
+}
+
+fn decode_v1(bytes: &[u8]) -> Option<Record> {
+    let (payload, rest) = frame(bytes, MAGIC_V1)?;
+    if !rest.is_empty() {
         return None;
     }
     let v: Value = serde_json::from_slice(payload).ok()?;
-    let strings = |key: &str| -> Option<Vec<String>> {
-        v.get(key)?.as_array()?.iter().map(|s| s.as_str().map(str::to_string)).collect()
-    };
-    Some(Record {
+    let parts = v
+        .get("parts")?
+        .as_array()?
+        .iter()
+        .map(|s| s.as_str().map(str::to_string))
+        .collect::<Option<Vec<String>>>()?;
+    Some(Record::Rendered {
         id: v.get("id")?.as_u64()?,
-        group_key: v.get("group_key")?.as_str()?.to_string(),
-        identities: strings("identities")?,
-        alerts: usize::try_from(v.get("alerts")?.as_u64()?).ok()?,
-        parts: strings("parts")?,
         created_unix: v.get("created_unix")?.as_u64()?,
+        parts,
     })
 }
 
@@ -218,34 +540,63 @@ fn decode(bytes: &[u8]) -> Option<Record> {
 mod tests {
     use super::*;
 
-    fn record(id: u64) -> Record {
-        Record {
-            id,
-            group_key: "{}:{alertname=\"X\"}".into(),
-            identities: vec!["abc/firing".into()],
-            alerts: 1,
-            parts: vec!["## 告警通知".into(), "second".into()],
-            created_unix: 1_700_000_000,
-        }
-    }
-
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("wxr-spool-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
 
+    fn body(id: u64) -> Record {
+        Record::Body {
+            id,
+            created_unix: 1_700_000_000,
+            body: format!("{{\"n\":{id}}}").into_bytes(),
+        }
+    }
+
+    fn commit(spool: &Spool, r: &Record) {
+        if let Record::Body { id, created_unix, body } = r {
+            assert_eq!(spool.commit(*id, *created_unix, body), Ok(()));
+        }
+    }
+
     #[test]
-    fn round_trip_and_order() -> Result<(), Error> {
+    fn round_trip_group_commit_and_order() -> Result<(), Error> {
         let dir = temp_dir("rt");
-        let (spool, rec) = Spool::open(&dir)?;
+        let (spool, rec) = Spool::open(&dir, "t")?;
         assert!(rec.records.is_empty());
-        spool.write(&record(2))?;
-        spool.write(&record(1))?;
-        spool.write(&record(3))?;
-        spool.remove(3)?;
-        let (_, rec) = Spool::open(&dir)?;
-        assert_eq!(rec.records, vec![record(1), record(2)]);
+        let spool = Arc::new(spool);
+        // Many committers at once: all durable, fewer files than records is allowed.
+        let threads: Vec<_> = (1..=20)
+            .map(|i| {
+                let s = Arc::clone(&spool);
+                std::thread::spawn(move || commit(&s, &body(i)))
+            })
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        spool.remove(3);
+        spool.close();
+        let (_, rec) = Spool::open(&dir, "t")?;
+        let expected: Vec<Record> = (1..=20).filter(|i| *i != 3).map(body).collect();
+        // A file goes only when all its records went, so 3 may survive with its batch.
+        let got: Vec<Record> = rec.records.into_iter().filter(|r| r.id() != 3).collect();
+        assert_eq!(got, expected);
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn removing_every_record_of_a_file_deletes_it() -> Result<(), Error> {
+        let dir = temp_dir("rm");
+        let (spool, _) = Spool::open(&dir, "t")?;
+        commit(&spool, &body(1));
+        commit(&spool, &body(2));
+        spool.remove(1);
+        spool.remove(2);
+        spool.close();
+        assert_eq!(fs::read_dir(dir.join("queue")).map(|d| d.count()).unwrap_or(9), 0);
         let _ = fs::remove_dir_all(&dir);
         Ok(())
     }
@@ -253,25 +604,49 @@ mod tests {
     #[test]
     fn corrupt_files_are_moved_aside_and_counted() -> Result<(), Error> {
         let dir = temp_dir("corrupt");
-        let (spool, _) = Spool::open(&dir)?;
-        spool.write(&record(1))?;
-        spool.write(&record(2))?;
-        spool.write(&record(3))?;
-        // Flip a byte in 1, truncate 2, leave 3 alone, add a stray tmp.
-        let p1 = spool.item_path(1);
+        let (spool, _) = Spool::open(&dir, "t")?;
+        for i in 1..=3 {
+            commit(&spool, &body(i));
+        }
+        spool.close();
+        let p1 = dir.join(format!("queue/{:020}.rec", 1));
         let mut b = fs::read(&p1).unwrap_or_default();
         let last = b.len() - 3;
         b[last] ^= 0x20;
         let _ = fs::write(&p1, b);
-        let p2 = spool.item_path(2);
+        let p2 = dir.join(format!("queue/{:020}.rec", 2));
         let b = fs::read(&p2).unwrap_or_default();
         let _ = fs::write(&p2, &b[..b.len() / 2]);
-        let _ = fs::write(dir.join("queue/00000000000000000009.tmp"), b"half");
-        let (_, rec) = Spool::open(&dir)?;
-        assert_eq!(rec.records, vec![record(3)]);
+        let _ = fs::write(dir.join("queue/00000000000000000009.rec.tmp"), b"half");
+        let (_, rec) = Spool::open(&dir, "t")?;
+        assert_eq!(rec.records, vec![body(3)]);
         assert_eq!(rec.corrupt, 2);
         assert_eq!(fs::read_dir(dir.join("corrupt")).map(|d| d.count()).unwrap_or(0), 2);
-        assert!(!dir.join("queue/00000000000000000009.tmp").exists());
+        assert!(!dir.join("queue/00000000000000000009.rec.tmp").exists());
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn version_1_files_are_read() -> Result<(), Error> {
+        let dir = temp_dir("v1");
+        fs::create_dir_all(dir.join("queue")).map_err(ctx(|| "mkdir".into()))?;
+        let payload = r###"{"id":5,"group_key":"g","identities":["a"],"alerts":1,"parts":["## x","y"],"created_unix":7}"###;
+        let file =
+            format!("WXR1 {} {:016x}\n{payload}", payload.len(), fnv1a64(payload.as_bytes()));
+        fs::write(dir.join("queue/00000000000000000005.item"), file).map_err(ctx(|| "w".into()))?;
+        let (spool, rec) = Spool::open(&dir, "t")?;
+        assert_eq!(
+            rec.records,
+            vec![Record::Rendered {
+                id: 5,
+                created_unix: 7,
+                parts: vec!["## x".into(), "y".into()]
+            }]
+        );
+        spool.remove(5);
+        spool.close();
+        assert!(!dir.join("queue/00000000000000000005.item").exists());
         let _ = fs::remove_dir_all(&dir);
         Ok(())
     }

@@ -1,0 +1,335 @@
+//! Messages composed at send time from the pending state ([`super::queue::Snapshot`]), with the
+//! robot's *current* message type, template, mentions and size limit: a reload that changes
+//! any of them applies to everything still queued.
+//!
+//! The look is 1.0's: one message per Alertmanager group when it fits; when several groups
+//! wait, as many whole groups as fit packed into one message (a backlog fills messages to
+//! ≥ 85 % of 4,096 bytes); a group too long for one message split at alert boundaries with
+//! "(i/n)"; the @-mention text after the group it belongs to. A group or alert that WeCom
+//! refused as part of something bigger is sent on its own (see `queue::Queue::settle`).
+//!
+//! Pure: no I/O. Only [`Message::body`] knows WeCom's JSON, through `wecom`.
+
+use crate::alertmanager::{Payload, Status};
+use crate::config_file::MentionEntry;
+use crate::outbox::queue::{Cover, GroupSnap, Snapshot};
+use crate::outbox::split;
+use crate::render;
+use crate::template::Template;
+use crate::time::TzOffset;
+use crate::wecom::{self, MsgType};
+
+/// 1.0.0 queued a mention as a whole JSON body behind this marker; kept to read its spool.
+pub const LEGACY_RAW_BODY_MARKER: &str = "\u{1}raw-body\u{1}";
+
+/// One message to WeCom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Notification content in a message type (markdown, markdown_v2 or text).
+    Content { msgtype: MsgType, content: String },
+    /// A `text` message that @-mentions people (markdown can mention only by user id).
+    Mention { content: String, users: Vec<String>, mobiles: Vec<String>, all: bool },
+    /// A complete JSON body queued by 1.0.0, sent as it is.
+    Raw(String),
+}
+
+impl Message {
+    /// The JSON body to POST.
+    pub fn body(&self) -> String {
+        match self {
+            Message::Content { msgtype, content } => msgtype.body(content),
+            Message::Mention { content, users, mobiles, all } => {
+                wecom::text_body(content, users, mobiles, *all)
+            }
+            Message::Raw(json) => json.clone(),
+        }
+    }
+
+    /// What a human reads (logs, `failed/`).
+    pub fn text(&self) -> &str {
+        match self {
+            Message::Content { content, .. } | Message::Mention { content, .. } => content,
+            Message::Raw(json) => json,
+        }
+    }
+}
+
+/// A message with what it tells.
+#[derive(Clone, Debug)]
+pub struct Composed {
+    pub message: Message,
+    pub cover: Cover,
+    /// `(i, n)` for part i of a group split into n.
+    pub part: Option<(usize, usize)>,
+    pub groups: usize,
+}
+
+/// How the robot's messages look right now.
+pub struct Style<'a> {
+    pub msgtype: MsgType,
+    pub template: Option<&'a Template>,
+    pub tz: TzOffset,
+}
+
+impl Style<'_> {
+    fn parts(&self, payload: &Payload) -> Vec<(String, usize)> {
+        let doc = match self.template {
+            Some(t) => t.render(payload, self.tz),
+            None => render::render(payload, self.tz),
+        };
+        split::split_counted(&render::adapt(doc, self.msgtype), self.msgtype.limit())
+    }
+
+    fn content(&self, content: String) -> Message {
+        Message::Content { msgtype: self.msgtype, content }
+    }
+}
+
+/// A 1.0.0 piece as the message it was meant to be.
+fn legacy(text: String, style: &Style) -> Message {
+    if let Some(raw) = text.strip_prefix(LEGACY_RAW_BODY_MARKER) {
+        return Message::Raw(raw.to_string());
+    }
+    // Rendered as markdown then; sent as the robot's type when it fits, else as markdown.
+    let msgtype =
+        if text.len() <= style.msgtype.limit() { style.msgtype } else { MsgType::Markdown };
+    Message::Content { msgtype, content: text }
+}
+
+fn covers(g: &GroupSnap, range: std::ops::Range<usize>) -> Vec<(String, String, u64)> {
+    g.versions[range].iter().map(|(id, v)| (g.key.clone(), id.clone(), *v)).collect()
+}
+
+/// The mention text for a group, when someone is to be mentioned.
+fn mention(payload: &Payload, who: &MentionEntry) -> Option<Composed> {
+    if !who.all && who.users.is_empty() && who.mobiles.is_empty() {
+        return None;
+    }
+    let firing: Vec<_> = payload.alerts.iter().filter(|a| a.status == Status::Firing).collect();
+    if firing.is_empty() {
+        return None;
+    }
+    let mut names: Vec<&str> = firing
+        .iter()
+        .filter_map(|a| {
+            a.labels.get("alertname").or_else(|| payload.common_labels.get("alertname"))
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let text = format!("【告警通知】{} 条告警待处理: {}", firing.len(), names.join(", "));
+    let content = split::cut_utf8(&text, wecom::TEXT_MAX_BYTES).to_string();
+    Some(Composed {
+        message: Message::Mention {
+            content,
+            users: who.users.clone(),
+            mobiles: who.mobiles.clone(),
+            all: who.all,
+        },
+        cover: Cover::default(),
+        part: None,
+        groups: 0,
+    })
+}
+
+/// The next messages to send, in order: one legacy piece; or one solo alert; or one group's
+/// parts; or several whole groups packed into one message; each followed by its mention.
+/// `mentions` says who to mention for a group's pending alerts (current config).
+pub fn compose(
+    snapshot: Snapshot,
+    style: &Style,
+    mentions: &dyn Fn(&Payload) -> MentionEntry,
+) -> Vec<Composed> {
+    let groups = match snapshot {
+        Snapshot::Legacy { record, text } => {
+            return vec![Composed {
+                message: legacy(text, style),
+                cover: Cover { legacy: Some(record), alerts: Vec::new() },
+                part: None,
+                groups: 1,
+            }];
+        }
+        Snapshot::Groups(groups) => groups,
+    };
+    let Some(first) = groups.first() else { return Vec::new() };
+    let mut out = Vec::new();
+
+    if let Some(i) = first.solo.iter().position(|s| *s) {
+        let mut payload = first.payload.clone();
+        payload.alerts = vec![payload.alerts.swap_remove(i)];
+        payload.status = payload.alerts[0].status;
+        for (text, _) in style.parts(&payload) {
+            out.push(Composed {
+                message: style.content(text),
+                cover: Cover { legacy: None, alerts: Vec::new() },
+                part: None,
+                groups: 1,
+            });
+        }
+        // The alert is told once its last part went out.
+        if let Some(last) = out.last_mut() {
+            last.cover.alerts = covers(first, i..i + 1);
+        }
+        out.extend(mention(&payload, &mentions(&payload)));
+        return out;
+    }
+
+    let parts = style.parts(&first.payload);
+    let alerts = first.payload.alerts.len();
+    if parts.len() > 1 || first.alone {
+        let n = parts.len();
+        // Blocks map to alerts in order; if a template did not keep one block per alert,
+        // the group counts as told only with its last part.
+        let counted = parts.iter().map(|(_, c)| c).sum::<usize>() == alerts;
+        let mut offset = 0;
+        for (i, (text, count)) in parts.into_iter().enumerate() {
+            let range = if counted {
+                offset..offset + count
+            } else if i + 1 == n {
+                0..alerts
+            } else {
+                0..0
+            };
+            offset += count;
+            out.push(Composed {
+                message: style.content(text),
+                cover: Cover { legacy: None, alerts: covers(first, range) },
+                part: (n > 1).then_some((i + 1, n)),
+                groups: 1,
+            });
+        }
+        out.extend(mention(&first.payload, &mentions(&first.payload)));
+        return out;
+    }
+
+    let limit = style.msgtype.limit();
+    let mut text = parts.into_iter().next().map(|(t, _)| t).unwrap_or_default();
+    let mut cover = covers(first, 0..alerts);
+    let mut packed = vec![first];
+    for g in &groups[1..] {
+        if g.alone || g.solo.iter().any(|s| *s) {
+            break;
+        }
+        let mut parts = style.parts(&g.payload);
+        if parts.len() != 1 {
+            break;
+        }
+        let (next, _) = parts.remove(0);
+        if text.len() + 2 + next.len() > limit {
+            break;
+        }
+        render::push_block(&mut text, &next);
+        cover.extend(covers(g, 0..g.payload.alerts.len()));
+        packed.push(g);
+    }
+    out.push(Composed {
+        message: style.content(text),
+        cover: Cover { legacy: None, alerts: cover },
+        part: None,
+        groups: packed.len(),
+    });
+    for g in packed {
+        out.extend(mention(&g.payload, &mentions(&g.payload)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alertmanager::{Alert, Pairs};
+    use crate::outbox::queue::{Admit, Queue, QueueLimits};
+    use crate::time::Timestamp;
+    use std::time::{Duration, Instant};
+
+    fn alert(fp: &str, desc_bytes: usize) -> Alert {
+        Alert {
+            status: Status::Firing,
+            labels: Pairs(vec![("alertname".into(), format!("A-{fp}"))]),
+            annotations: Pairs(vec![("description".into(), "x".repeat(desc_bytes))]),
+            starts_at: Some(Timestamp { unix_seconds: 1, nanos: 0 }),
+            ends_at: None,
+            generator_url: None,
+            fingerprint: fp.into(),
+        }
+    }
+
+    fn queue_with(groups: &[(&str, Vec<Alert>)]) -> Queue {
+        let mut q = Queue::new(QueueLimits {
+            max_messages: 1000,
+            max_bytes: 1 << 30,
+            dedup_window: Duration::from_secs(60),
+            message_bytes: 4096,
+        });
+        let now = Instant::now();
+        for (i, (g, alerts)) in groups.iter().enumerate() {
+            let p = Payload {
+                status: Status::Firing,
+                receiver: "r".into(),
+                group_key: g.to_string(),
+                group_labels: Pairs::default(),
+                common_labels: Pairs::default(),
+                common_annotations: Pairs::default(),
+                external_url: None,
+                truncated_alerts: 0,
+                alerts: alerts.clone(),
+            };
+            if let Ok(Admit::Room(r)) = q.admit(&p, now) {
+                q.apply(r, i as u64 + 1, p, now);
+            }
+        }
+        q
+    }
+
+    const STYLE: Style =
+        Style { msgtype: MsgType::Markdown, template: None, tz: TzOffset { seconds: 0 } };
+
+    fn nobody(_: &Payload) -> MentionEntry {
+        MentionEntry::default()
+    }
+
+    #[test]
+    fn small_groups_pack_into_one_message() {
+        let q = queue_with(&[("g1", vec![alert("a", 10)]), ("g2", vec![alert("b", 10)])]);
+        let out = compose(q.next(64).expect("pending"), &STYLE, &nobody);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].groups, 2);
+        assert_eq!(out[0].cover.alerts.len(), 2);
+    }
+
+    #[test]
+    fn text_msgtype_splits_within_2048_and_covers_every_alert_once() {
+        let alerts: Vec<Alert> = (0..10).map(|i| alert(&format!("f{i}"), 300)).collect();
+        let q = queue_with(&[("g", alerts)]);
+        let style = Style { msgtype: MsgType::Text, ..STYLE };
+        let out = compose(q.next(64).expect("pending"), &style, &nobody);
+        assert!(out.len() > 1);
+        let mut covered: Vec<String> = Vec::new();
+        for c in &out {
+            assert!(c.message.text().len() <= 2048);
+            assert!(matches!(c.message.body().as_str(), b if b.contains("\"msgtype\":\"text\"")));
+            covered.extend(c.cover.alerts.iter().map(|(_, id, _)| id.clone()));
+        }
+        covered.sort();
+        assert_eq!(covered.len(), 10);
+        covered.dedup();
+        assert_eq!(covered.len(), 10);
+    }
+
+    #[test]
+    fn mentions_follow_their_group() {
+        let q = queue_with(&[("g", vec![alert("a", 10)])]);
+        let who = |_: &Payload| MentionEntry { users: vec!["u1".into()], ..Default::default() };
+        let out = compose(q.next(64).expect("pending"), &STYLE, &who);
+        assert_eq!(out.len(), 2);
+        assert!(out[1].message.body().contains("\"mentioned_list\":[\"u1\"]"));
+        assert!(out[1].cover.alerts.is_empty());
+    }
+
+    #[test]
+    fn legacy_raw_bodies_are_sent_as_they_are() {
+        let snap = Snapshot::Legacy { record: 1, text: format!("{LEGACY_RAW_BODY_MARKER}{{}}") };
+        let out = compose(snap, &STYLE, &nobody);
+        assert_eq!(out[0].message.body(), "{}");
+    }
+}
