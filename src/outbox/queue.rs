@@ -376,13 +376,15 @@ impl Queue {
         let key =
             if payload.group_key.is_empty() { None } else { Some(payload.group_key.as_str()) };
         let group = key.and_then(|k| self.groups.get(k));
-        let mut bytes = 0u64;
+        // Bytes the notification adds, and bytes of the pending states it replaces.
+        let (mut added, mut replaced) = (0u64, 0u64);
         let mut news = 0usize;
         for a in &payload.alerts {
             let id = identity(a);
             if self.is_news(group, key.unwrap_or(""), &id, a, now) {
                 news += 1;
-                bytes += alert_bytes(a);
+                added += alert_bytes(a);
+                replaced += group.and_then(|g| g.alerts.get(&id)).map_or(0, |p| p.bytes);
             }
         }
         if news == 0 {
@@ -390,8 +392,10 @@ impl Queue {
         }
         let group_bytes = group.map_or(0, |g| g.bytes);
         let group_messages = group.map_or(0, |g| self.group_messages(g.bytes));
-        let messages = self.group_messages(group_bytes + bytes).saturating_sub(group_messages);
-        if self.group_messages(bytes) > self.limits.max_messages || bytes > self.limits.max_bytes {
+        let after = self.group_messages((group_bytes + added).saturating_sub(replaced));
+        let messages = after.saturating_sub(group_messages);
+        let bytes = added.saturating_sub(replaced);
+        if self.group_messages(added) > self.limits.max_messages || added > self.limits.max_bytes {
             return Err(Refusal::TooLarge);
         }
         if self.messages + self.reserved_messages + messages > self.limits.max_messages

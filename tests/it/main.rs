@@ -10,6 +10,7 @@ mod hostile;
 mod intake;
 mod messages;
 mod operability;
+mod outbox;
 mod routing;
 mod smoke;
 mod spool;

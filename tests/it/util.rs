@@ -197,9 +197,11 @@ pub fn alerts_in(markdown: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut status = "firing";
     for line in markdown.lines() {
-        if line.contains("告警通知") && line.starts_with("## ") {
+        // Headings: "## 告警通知 共 N 条" in markdown, without the "## " in text messages.
+        let heading = line.starts_with("## ") || line.contains(" 共 ");
+        if line.contains("告警通知") && heading {
             status = "firing";
-        } else if line.contains("恢复通知") && line.starts_with("## ") {
+        } else if line.contains("恢复通知") && heading {
             status = "resolved";
         }
         if let Some(i) = line.find(" fp=") {
@@ -239,15 +241,30 @@ pub struct Received {
 }
 
 impl Received {
+    /// The message text, whatever its type (markdown, markdown_v2, text).
     pub fn content(&self) -> &str {
-        self.body["markdown"]["content"].as_str().unwrap_or("")
+        ["markdown", "markdown_v2", "text"]
+            .iter()
+            .find_map(|t| self.body[*t]["content"].as_str())
+            .unwrap_or("")
+    }
+
+    pub fn msgtype(&self) -> &str {
+        self.body["msgtype"].as_str().unwrap_or("")
     }
 }
+
+/// WeCom's content limits in UTF-8 bytes: over them it answers errcode 40058.
+/// <https://developer.work.weixin.qq.com/document/path/91770>
+pub const MARKDOWN_LIMIT: usize = 4096;
+pub const TEXT_LIMIT: usize = 2048;
 
 struct FakeState {
     script: VecDeque<Behave>,
     default: Behave,
     received: Vec<Received>,
+    /// Content containing this is refused with this errcode (a "poisoned" notification).
+    poison: Option<(String, i64)>,
 }
 
 pub struct FakeWeCom {
@@ -292,6 +309,7 @@ impl FakeWeCom {
             script: VecDeque::new(),
             default: Behave::Ok,
             received: Vec::new(),
+            poison: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         listener.set_nonblocking(true).expect("nonblocking");
@@ -337,6 +355,12 @@ impl FakeWeCom {
 
     pub fn set_default(&self, b: Behave) {
         self.state.lock().expect("fake").default = b;
+    }
+
+    /// Refuses every message whose content contains `needle` with `errcode`, as WeCom refuses
+    /// content it does not like (93000 …) whatever the script says.
+    pub fn refuse_containing(&self, needle: &str, errcode: i64) {
+        self.state.lock().expect("fake").poison = Some((needle.to_string(), errcode));
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -385,14 +409,32 @@ fn serve(mut stream: impl Read + Write, state: &Mutex<FakeState>) {
     if stream.read_exact(&mut body).is_err() {
         return;
     }
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let msgtype = parsed["msgtype"].as_str().unwrap_or("").to_string();
+    let content_len = parsed[msgtype.as_str()]["content"].as_str().map_or(0, str::len);
+    let over_limit = match msgtype.as_str() {
+        "markdown" | "markdown_v2" => content_len > MARKDOWN_LIMIT,
+        "text" => content_len > TEXT_LIMIT,
+        _ => false,
+    };
     let (behave, index) = {
         let mut st = state.lock().expect("fake");
-        let b = st.script.pop_front().unwrap_or_else(|| st.default.clone());
+        let poisoned = st.poison.as_ref().and_then(|(needle, code)| {
+            let content = parsed[msgtype.as_str()]["content"].as_str().unwrap_or("");
+            content.contains(needle.as_str()).then_some(*code)
+        });
+        let b = if over_limit {
+            Behave::Errcode(40058)
+        } else if let Some(code) = poisoned {
+            Behave::Errcode(code)
+        } else {
+            st.script.pop_front().unwrap_or_else(|| st.default.clone())
+        };
         let index = st.received.len();
         st.received.push(Received {
             at: Instant::now(),
             target,
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            body: parsed,
             raw_len: len,
             answered: format!("{b:?}"),
             delivered: false,
