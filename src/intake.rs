@@ -69,9 +69,52 @@ pub fn prepare(body: &[u8], tz: TzOffset) -> Result<Prepared, Rejected> {
     Ok(Prepared { parts })
 }
 
+/// Bodies at least this large are parsed and queued on an OS thread, not on the coroutine that
+/// read them: a 60,000-alert notification takes seconds to parse, and a coroutine worker busy
+/// that long stalls every other connection on it (`/healthz` included).
+const OFFLOAD_BYTES: usize = 64 * 1024;
+
+/// At most this many such threads at once; past it the work runs in place.
+const MAX_OFFLOADED: usize = 4;
+
+static OFFLOADED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Queues a body for the robot the request chose (path, `?key=`), or the one routing picks.
 /// Logs one line per notification received. Messages are composed later, at send time.
+/// Safe on a coroutine: big bodies are handled on an OS thread while the coroutine yields.
 pub fn accept(
+    body: &[u8],
+    max_alerts: usize,
+    robots: &Arc<Robots>,
+    chosen: Option<&Arc<Robot>>,
+) -> Result<Enqueued, Rejected> {
+    use std::sync::atomic::Ordering;
+    if body.len() < OFFLOAD_BYTES || OFFLOADED.fetch_add(1, Ordering::AcqRel) >= MAX_OFFLOADED {
+        if body.len() >= OFFLOAD_BYTES {
+            OFFLOADED.fetch_sub(1, Ordering::AcqRel);
+        }
+        return accept_here(body, max_alerts, robots, chosen);
+    }
+    let (tx, rx) = may::sync::mpsc::channel();
+    let (body, robots, chosen) = (body.to_vec(), Arc::clone(robots), chosen.cloned());
+    let spawned = std::thread::Builder::new().name("intake".into()).spawn(move || {
+        let result = accept_here(&body, max_alerts, &robots, chosen.as_ref());
+        OFFLOADED.fetch_sub(1, Ordering::AcqRel);
+        let _ = tx.send(result);
+    });
+    if let Err(e) = spawned {
+        OFFLOADED.fetch_sub(1, Ordering::AcqRel);
+        log::error!("starting an intake thread: {e}");
+        return Err(Rejected::Unavailable(EnqueueError::Disk(
+            "no thread for a large notification".into(),
+        )));
+    }
+    rx.recv().unwrap_or_else(|_| {
+        Err(Rejected::Unavailable(EnqueueError::Disk("intake thread failed".into())))
+    })
+}
+
+fn accept_here(
     body: &[u8],
     max_alerts: usize,
     robots: &Robots,

@@ -52,9 +52,8 @@ fn queue_files(dir: &std::path::Path) -> usize {
 fn reload_changing_msgtype_and_template_loses_nothing() {
     let fake = FakeWeCom::start();
     let dir = TempDir::new("reload-msgtype");
-    let robot = |extra: &str| {
-        format!("[robots.ops]\nkey = \"{}\"\nrate = \"1/2s\"\n{extra}", fake.url())
-    };
+    let robot =
+        |extra: &str| format!("[robots.ops]\nkey = \"{}\"\nrate = \"1/2s\"\n{extra}", fake.url());
     let config = write_config(&dir, &robot(""));
     let relay = Relay::start(&["--config", &config]);
     let mut expected = Vec::new();
@@ -163,7 +162,8 @@ fn a_poisoned_notification_merged_with_healthy_ones_fails_alone() {
     assert!(!failed[0].contains("Healthy"), "a healthy alert was given up: {failed:?}");
     let metrics = relay.metrics();
     assert!(
-        metrics.contains("weixin_robot_alerts_failed_total{robot=\"default\",reason=\"errcode\"} 1"),
+        metrics
+            .contains("weixin_robot_alerts_failed_total{robot=\"default\",reason=\"errcode\"} 1"),
         "{metrics}"
     );
     let logs = relay.logs();
@@ -179,14 +179,7 @@ fn a_poisoned_notification_merged_with_healthy_ones_fails_alone() {
 fn stale_states_never_follow_the_resolved() {
     let fake = FakeWeCom::start();
     fake.script([Behave::Hang(Duration::from_millis(1500))]);
-    let relay = Relay::start(&[
-        "--key",
-        &fake.url(),
-        "--timeout",
-        "1s",
-        "--retry-initial",
-        "50ms",
-    ]);
+    let relay = Relay::start(&["--key", &fake.url(), "--timeout", "1s", "--retry-initial", "50ms"]);
     assert_eq!(relay.post(&payload("other", &[A("o1", "firing", "Other")])).status, 200);
     wait_until(Duration::from_secs(10), "first send in flight", || fake.received().len() == 1);
     assert_eq!(relay.post(&payload("g", &[A("x1", "firing", "X")])).status, 200);
@@ -239,7 +232,11 @@ fn a_robot_removed_and_added_back_takes_its_outbox_back() {
         assert_eq!(r.status, 200);
         expected.extend(list);
     }
-    let threads = || std::fs::read_dir(format!("/proc/{}/task", relay.child.id())).map(|d| d.count()).unwrap_or(0);
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", relay.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
     let before = threads();
     for cycle in 0..10 {
         write_config(&dir, &without);
@@ -310,13 +307,15 @@ fn alerts_of_an_unconfigured_robot_wait_and_are_delivered_when_it_returns() {
 #[test]
 fn a_1_0_0_spool_is_delivered_after_the_upgrade() {
     let dir = TempDir::new("upgrade");
-    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-1.0.0/queue");
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spool-1.0.0/queue");
     std::fs::create_dir_all(dir.path().join("queue")).expect("queue");
     for e in std::fs::read_dir(&fixture).expect("fixture").filter_map(Result::ok) {
         std::fs::copy(e.path(), dir.path().join("queue").join(e.file_name())).expect("copy");
     }
     let fake = FakeWeCom::start();
-    let relay = Relay::start(&["--key", &fake.url(), "--state-dir", dir.path().to_str().expect("utf8")]);
+    let relay =
+        Relay::start(&["--key", &fake.url(), "--state-dir", dir.path().to_str().expect("utf8")]);
     let mut expected = vec![("one-0".to_string(), "firing".to_string())];
     expected.extend((0..30).map(|i| (format!("long-{i}"), "firing".to_string())));
     expected.extend((0..2).map(|i| (format!("gone-{i}"), "resolved".to_string())));
@@ -326,7 +325,9 @@ fn a_1_0_0_spool_is_delivered_after_the_upgrade() {
     assert_exactly_once(&fake, &expected);
     assert!(fake.received().iter().all(|r| r.delivered));
     wait_until(Duration::from_secs(10), "old files removed", || queue_files(dir.path()) == 0);
-    assert!(relay.logs().contains("recovered pending notifications from spool robot=default count=3"));
+    assert!(relay
+        .logs()
+        .contains("recovered pending notifications from spool robot=default count=3"));
 }
 
 /// Issue #14: kill -9 while WeCom holds a message (sent, not yet acknowledged, so not yet
@@ -470,7 +471,12 @@ fn an_unusable_state_dir_fails_at_start_and_makes_ready_503() {
     std::fs::write(&file, b"x").expect("file");
     let bad = file.join("state");
     let (code, _, stderr) = run_to_exit(
-        &["--key", "http://127.0.0.1:9/cgi-bin/webhook/send?key=x", "--state-dir", bad.to_str().expect("utf8")],
+        &[
+            "--key",
+            "http://127.0.0.1:9/cgi-bin/webhook/send?key=x",
+            "--state-dir",
+            bad.to_str().expect("utf8"),
+        ],
         &[],
     );
     assert_eq!(code, Some(1), "{stderr}");
@@ -492,7 +498,9 @@ fn an_unusable_state_dir_fails_at_start_and_makes_ready_503() {
     assert_eq!(get(relay.addr, "/-/ready").status, 503);
     std::fs::remove_file(&queue).expect("unblock");
     std::fs::rename(&aside, &queue).expect("restore");
-    wait_until(Duration::from_secs(10), "ready again", || get(relay.addr, "/-/ready").status == 200);
+    wait_until(Duration::from_secs(10), "ready again", || {
+        get(relay.addr, "/-/ready").status == 200
+    });
     assert_eq!(relay.post(&payload("g", &[A("d1", "firing", "Disk")])).status, 200);
     wait_until(Duration::from_secs(10), "delivered", || fake.delivered().len() == 1);
 }
@@ -507,14 +515,21 @@ fn idle_key_param_robots_are_evicted() {
     let url = |k: &str| format!("http://{}/cgi-bin/webhook/send?key={k}", fake.addr);
     for i in 0..32 {
         let path = format!("/alertinfo?key={}", urlencode(&url(&format!("junk{i}"))));
-        let r = post(relay.addr, &path, &payload(&format!("j{i}"), &[A(&format!("j{i}"), "firing", "J")]));
+        let r = post(
+            relay.addr,
+            &path,
+            &payload(&format!("j{i}"), &[A(&format!("j{i}"), "firing", "J")]),
+        );
         assert_eq!(r.status, 200, "{}", r.body);
     }
     // Every junk message is refused for good, so their outboxes empty.
     wait_until(Duration::from_secs(20), "junk refused", || fake.received().len() >= 32);
     fake.set_default(Behave::Ok);
     wait_until(Duration::from_secs(10), "outboxes empty", || {
-        !relay.metrics().lines().any(|l| l.starts_with("weixin_robot_outbox_messages{") && !l.ends_with(" 0"))
+        !relay
+            .metrics()
+            .lines()
+            .any(|l| l.starts_with("weixin_robot_outbox_messages{") && !l.ends_with(" 0"))
     });
     let path = format!("/alertinfo?key={}", urlencode(&url("legit")));
     let r = post(relay.addr, &path, &payload("legit", &[A("ok1", "firing", "Legit")]));
@@ -527,10 +542,7 @@ fn idle_key_param_robots_are_evicted() {
 /// Issue #16: a dry run says so, with the robot, on stdout and in the log.
 #[test]
 fn a_panicking_sender_is_restarted_and_dry_run_names_the_robot() {
-    let relay = Relay::start_env(
-        &["--dry-run"],
-        &[("WEIXIN_ROBOT_DEBUG_SENDER_PANIC", "default")],
-    );
+    let relay = Relay::start_env(&["--dry-run"], &[("WEIXIN_ROBOT_DEBUG_SENDER_PANIC", "default")]);
     assert_eq!(relay.post(&payload("p", &[A("p1", "firing", "Panic")])).status, 200);
     wait_until(Duration::from_secs(15), "printed after the restart", || {
         relay.stdout().contains("dry run robot=default")
