@@ -11,6 +11,7 @@ mod intake;
 mod messages;
 mod operability;
 mod outbox;
+mod outbox_ha;
 mod routing;
 mod smoke;
 mod spool;
