@@ -144,10 +144,15 @@ fn run(robot: &Source, settings: &Settings) {
         let Some(snapshot) = outbox.next(|| not_before(hold_until)) else {
             return;
         };
+        // Debug builds only: lets the tests check supervision (one panic per process).
         #[cfg(debug_assertions)]
-        if std::env::var_os("WEIXIN_ROBOT_DEBUG_SENDER_PANIC").is_some_and(|v| v == name) {
-            std::env::remove_var("WEIXIN_ROBOT_DEBUG_SENDER_PANIC");
-            panic!("deliberate sender panic (WEIXIN_ROBOT_DEBUG_SENDER_PANIC)");
+        {
+            use std::sync::atomic::{AtomicBool, Ordering};
+            static PANICKED: AtomicBool = AtomicBool::new(false);
+            let wanted = std::env::var_os("WEIXIN_ROBOT_DEBUG_SENDER_PANIC");
+            if wanted.is_some_and(|v| v == name) && !PANICKED.swap(true, Ordering::Relaxed) {
+                panic!("deliberate sender panic (WEIXIN_ROBOT_DEBUG_SENDER_PANIC)");
+            }
         }
         // Read again: a reload may have changed the key, budget, type or template meanwhile.
         let (target, new_rate, msgtype) = current(live);
