@@ -176,7 +176,11 @@ fn duplicates_within_the_window_are_sent_once() {
     assert_eq!(relay.post(&resolved).json()["status"], "duplicate");
     // The stale firing of a lagging peer after the resolved is not sent either.
     assert_eq!(relay.post(&firing).json()["status"], "duplicate");
-    assert!(relay.metrics().contains("weixin_robot_dedup_hits_total{robot=\"default\"} 3"), "{}", relay.metrics());
+    assert!(
+        relay.metrics().contains("weixin_robot_dedup_hits_total{robot=\"default\"} 3"),
+        "{}",
+        relay.metrics()
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(fake.delivered().len(), 2);
 
