@@ -74,6 +74,13 @@ impl ConnState {
         self.in_call.store(true, Ordering::Relaxed);
     }
 
+    /// The whole request is in: what follows (parsing, queueing, the spool's fsync) is our
+    /// time, not the client's, so the reaper must not answer 408 for a notification that may
+    /// already be queued. `call_finished` sets the next deadline.
+    pub fn body_received(&self) {
+        self.deadline_ms.store(u64::MAX, Ordering::Relaxed);
+    }
+
     /// The answer is ready: the next request has `request_timeout` to arrive.
     pub fn call_finished(&self) {
         self.deadline_ms.store(self.now_ms() + self.timeout_ms, Ordering::Relaxed);

@@ -346,6 +346,9 @@ impl Conn {
             metrics::request_rejected("short_body");
             return self.close();
         }
+        if let Some(state) = &self.state {
+            state.body_received();
+        }
         let r = self.intake(&body, path_robot.as_deref(), key_param.as_deref());
         self.respond(rsp, r);
     }

@@ -411,8 +411,9 @@ fn a_notification_without_alerts_sends_nothing() {
 }
 
 /// Issue #20 item 5: a 60,000-alert notification (posted twice: the second supersedes every
-/// alert) does not stall `/healthz`, and the client gets its answer, not 408. The figure is
-/// printed, not asserted (timing belongs in BENCHMARKS.md).
+/// alert) does not stall `/healthz`, and the client gets its answer, not 408, even when
+/// processing takes longer than `--request-timeout`. The figure is printed, not asserted
+/// (timing belongs in BENCHMARKS.md).
 #[test]
 fn health_answers_while_a_huge_notification_is_accepted() {
     let fake = FakeWeCom::start();
@@ -426,8 +427,10 @@ fn health_answers_while_a_huge_notification_is_accepted() {
         "64MiB",
         "--queue-max-bytes",
         "1GiB",
+        // Shorter than a debug build takes to parse and queue 60,000 alerts: the deadline is
+        // the client's (to send the request), not ours (to process it), so no 408.
         "--request-timeout",
-        "30s",
+        "3s",
     ]);
     let make = |status: &str| -> Vec<u8> {
         let list: Vec<(String, String)> =
