@@ -44,6 +44,68 @@ impl fmt::Display for Rejected {
     }
 }
 
+/// True when the top-level `alerts` array holds more than `max` elements. A byte scan, like
+/// [`json_depth_exceeds`], run before parsing so that 4 MiB of `{}` (1.4 M alerts) is refused
+/// without building 1.4 M alerts first. Iterative, safe on any input; exact for valid JSON.
+pub fn alerts_exceed(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    // The last string seen at depth 1 (a key, when a ':' follows) and whether we are inside
+    // the top-level "alerts" array, with its element count so far.
+    let (mut string_start, mut last_key_is_alerts) = (0usize, false);
+    let (mut in_alerts, mut count, mut element_open) = (false, 0usize, false);
+    for (i, &b) in body.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+                if depth == 1 {
+                    last_key_is_alerts = &body[string_start..i] == b"alerts";
+                }
+            }
+            continue;
+        }
+        if in_alerts
+            && depth == 2
+            && !element_open
+            && !b.is_ascii_whitespace()
+            && b != b']'
+            && b != b','
+        {
+            element_open = true;
+            count += 1;
+            if count > max {
+                return true;
+            }
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                string_start = i + 1;
+            }
+            b'[' | b'{' => {
+                if depth == 1 && b == b'[' && last_key_is_alerts {
+                    in_alerts = true;
+                }
+                depth += 1;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 1 {
+                    in_alerts = false;
+                }
+            }
+            b',' if in_alerts && depth == 2 => element_open = false,
+            b':' if depth == 1 => {}
+            _ if depth == 1 && !b.is_ascii_whitespace() => last_key_is_alerts &= b == b':',
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Parses a body, refusing JSON nested too deep for a coroutine's stack.
 fn parse(body: &[u8]) -> Result<Payload, Rejected> {
     if json_depth_exceeds(body, MAX_JSON_DEPTH) {
@@ -120,6 +182,11 @@ fn accept_here(
     robots: &Robots,
     chosen: Option<&Arc<Robot>>,
 ) -> Result<Enqueued, Rejected> {
+    if alerts_exceed(body, max_alerts) {
+        return Err(Rejected::TooLarge(format!(
+            "notification holds more than --max-alerts {max_alerts} alerts; lower max_alerts in Alertmanager's webhook_config"
+        )));
+    }
     let payload = parse(body)?;
     if payload.alerts.len() > max_alerts {
         return Err(Rejected::TooLarge(format!(
@@ -241,6 +308,18 @@ mod tests {
 
     fn key(body: &str) -> Option<u64> {
         parse(body.as_bytes()).ok().and_then(|p| dedup_key(&p))
+    }
+
+    #[test]
+    fn alert_count_scan() {
+        let max = |body: &str, n: usize| alerts_exceed(body.as_bytes(), n);
+        assert!(!max(r#"{"alerts":[{},{}]}"#, 2));
+        assert!(max(r#"{"alerts":[{},{},{}]}"#, 2));
+        assert!(max(r#"{ "alerts" : [ {"a":[1,2,3]} , {} , {"s":"],}"} ] }"#, 2));
+        assert!(!max(r#"{ "alerts" : [ {"a":[1,2,3]} , {} , {"s":"],}"} ] }"#, 3));
+        // Other arrays, nested "alerts" keys and strings do not count.
+        assert!(!max(r#"{"x":[1,2,3],"alerts":[],"y":{"alerts":[1,2,3]},"z":"alerts"}"#, 0));
+        assert!(!max(r#"{"alerts":[]}"#, 0));
     }
 
     #[test]

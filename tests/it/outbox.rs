@@ -390,6 +390,9 @@ fn a_notification_over_max_alerts_is_413_and_memory_stays_small() {
     assert!(r.body.contains("more than --max-alerts 5000"), "{}", r.body);
     let rss = rss_kib(relay.child.id());
     assert!(rss < 64 * 1024, "RSS {rss} KiB");
+    // The peak too: the alerts are counted before anything is parsed.
+    let peak = peak_rss_kib(relay.child.id());
+    assert!(peak > 0 && peak < 64 * 1024, "peak RSS {peak} KiB");
     // Under the cap, but over the whole outbox: 413 too, even for the first notification.
     let small = Relay::start(&["--key", &fake.url(), "--queue-max-bytes", "2KiB"]);
     let r = small.post(&body("big", &alerts("q", 40, "firing"), "Big"));
@@ -555,6 +558,16 @@ fn a_panicking_sender_is_restarted_and_dry_run_names_the_robot() {
     assert!(logs.contains("dry run: message printed robot=default"), "{logs}");
     assert!(relay.metrics().contains("weixin_robot_sender_restarts_total{robot=\"default\"} 1"));
     assert_eq!(get(relay.addr, "/-/ready").status, 200);
+}
+
+/// The process's peak resident set (VmHWM) in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
 }
 
 fn urlencode(s: &str) -> String {
