@@ -164,8 +164,22 @@ fn run(robot: &Source, settings: &Settings) {
         let style = Style { msgtype, template: template.as_deref(), tz: settings.tz };
         let composed = compose(snapshot, &style, &|p: &Payload| (robot.mentions)(p));
         for (i, c) in composed.iter().enumerate() {
-            if i > 0 && !outbox.pause_until(not_before(hold_until)) {
-                return;
+            if i > 0 {
+                if !outbox.pause_until(not_before(hold_until)) {
+                    return;
+                }
+                // A reload while the parts wait for budget: compose the rest anew with the
+                // message type and template now in force.
+                let (_, _, now_type) = current(live);
+                let now_template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
+                let same_template = match (&template, &now_template) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if now_type != msgtype || !same_template {
+                    break;
+                }
             }
             let body = c.message.body();
             let (result, latency) = match &target {
