@@ -40,6 +40,10 @@ pub type RecordId = u64;
 /// dozen bytes, so this bounds the memory at a few MB whatever the alert rate.
 pub const MAX_TOLD: usize = 100_000;
 
+/// After the first group, a snapshot takes groups only up to this many alerts in all: one
+/// message holds a few dozen at most, so more would only be copied to be thrown away.
+const SNAPSHOT_MAX_ALERTS: usize = 256;
+
 /// Rendered bytes an alert costs beyond its labels and annotations (field names, markup).
 const ALERT_OVERHEAD_BYTES: u64 = 200;
 
@@ -533,8 +537,15 @@ impl Queue {
             return Some(Snapshot::Legacy { record: piece.record, text: piece.text.clone() });
         }
         let mut out = Vec::new();
+        let mut alerts = 0;
         for key in self.order.values().take(max_groups.max(1)) {
             let Some(g) = self.groups.get(key) else { continue };
+            // The first group whole (its parts are numbered); after it only what packing
+            // could use, so the copy made under the caller's lock stays small.
+            if !out.is_empty() && alerts + g.alerts.len() > SNAPSHOT_MAX_ALERTS {
+                break;
+            }
+            alerts += g.alerts.len();
             out.push(snap(key, g));
         }
         (!out.is_empty()).then_some(Snapshot::Groups(out))
