@@ -550,6 +550,11 @@ fn idle_key_param_robots_are_evicted() {
 fn a_panicking_sender_is_restarted_and_dry_run_names_the_robot() {
     let relay = Relay::start_env(&["--dry-run"], &[("WEIXIN_ROBOT_DEBUG_SENDER_PANIC", "default")]);
     assert_eq!(relay.post(&payload("p", &[A("p1", "firing", "Panic")])).status, 200);
+    // Down for its 1 s backoff: not ready meanwhile.
+    wait_until(Duration::from_secs(5), "not ready while the sender is down", || {
+        let r = get(relay.addr, "/-/ready");
+        r.status == 503 && r.body.contains("no live sender")
+    });
     wait_until(Duration::from_secs(15), "printed after the restart", || {
         relay.stdout().contains("dry run robot=default")
     });
