@@ -28,7 +28,7 @@
 //! Every file is read and each frame checked; a file with a short, unparsable or
 //! checksum-failing frame is moved to `corrupt/` (its good frames are written again into a new
 //! file first), counted and logged, and recovery goes on. Alerts WeCom refused for good are
-//! kept in `failed/<unix>-<n>.md`, one file per message, never overwritten.
+//! kept in `failed/<unix>-<pid>-<n>.md`, one file per message, never overwritten.
 //!
 //! Directory layout under a robot's directory: `queue/`, `failed/`, `corrupt/`.
 
