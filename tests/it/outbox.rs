@@ -517,7 +517,9 @@ fn an_unusable_state_dir_fails_at_start_and_makes_ready_503() {
 fn idle_key_param_robots_are_evicted() {
     let fake = FakeWeCom::start();
     fake.set_default(Behave::Errcode(93000));
-    let relay = Relay::start(&["--key", &fake.url(), "--allow-key-param"]);
+    let host = fake.addr.to_string();
+    let relay =
+        Relay::start(&["--key", &fake.url(), "--allow-key-param", "--key-param-host", &host]);
     let url = |k: &str| format!("http://{}/cgi-bin/webhook/send?key={k}", fake.addr);
     for i in 0..32 {
         let path = format!("/alertinfo?key={}", urlencode(&url(&format!("junk{i}"))));
