@@ -432,7 +432,8 @@ impl fmt::Display for Error {
             Error::Invalid { flag, reason } => write!(f, "invalid {flag}: {reason}"),
             Error::InvalidEnv { var, reason } => write!(f, "invalid {var} (environment): {reason}"),
             Error::KeyFile { path, source } => {
-                write!(f, "reading key file {}: {source}", path.display())
+                let who = crate::robots::who_must_read(source);
+                write!(f, "reading key file {}: {source}{who}", path.display())
             }
         }
     }
