@@ -142,8 +142,9 @@ halt() { # stops the container (SIGTERM to nspawn makes its systemd power off), 
   rm -f "$work/nspawn.pid" "$work/ct.pid"
 }
 cleanup() {
+  set +e # everything here runs, whatever fails
   fake_stop
-  [ -s "$work/load.pid" ] && kill "$(cat "$work/load.pid")" 2>/dev/null
+  if [ -s "$work/load.pid" ]; then kill "$(cat "$work/load.pid")" 2>/dev/null; fi
   halt
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
@@ -469,7 +470,8 @@ step8_rpm() {
   [ ! -e "$root/var/lib/weixin-robot" ] || fail "spool left"
   local failed; failed=$(in_ct systemctl list-units --failed --no-legend --plain)
   [ -z "$failed" ] || fail "failed units: $failed"
-  ls "$root/etc/weixin-robot" >&2 2>/dev/null || true
+  # rpm's convention, unlike a dpkg purge: an edited %config file stays as .rpmsave.
+  echo "erase left /etc/weixin-robot/{$(ls "$root/etc/weixin-robot" 2>/dev/null | tr '\n' ' ' | sed 's/ $//')}" >"$work/note"
 }
 
 echo "check-systemd: $deb1, $rpm1"
