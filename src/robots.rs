@@ -31,30 +31,6 @@ pub fn read_key_file(path: &Path) -> std::io::Result<String> {
     Ok(key.unwrap_or("").to_string())
 }
 
-/// For a key file we may not read: names the user that must read it (under systemd that is
-/// the service user, not the root who wrote the file), so the fix is obvious. Empty otherwise.
-pub fn who_must_read(e: &std::io::Error) -> String {
-    if e.kind() != std::io::ErrorKind::PermissionDenied {
-        return String::new();
-    }
-    // SAFETY: getuid cannot fail; getpwuid_r writes only into the buffers we pass it.
-    let uid = unsafe { libc::getuid() };
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    let mut buf = vec![0 as libc::c_char; 4096];
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
-    let name = if rc == 0 && !found.is_null() && !pw.pw_name.is_null() {
-        // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
-        unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }.to_string_lossy().into_owned()
-    } else {
-        "?".to_string()
-    };
-    format!(
-        " (the relay runs as user {name}, uid {uid}, which must be able to read it; \
-         the packages use owner root, group weixin-robot, mode 0640)"
-    )
-}
-
 /// How [`robots`] treats the robots' keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Keys {
@@ -101,7 +77,11 @@ pub fn robots(
             _ if keys == Keys::Skip => None,
             (Some(k), None) => Some(k.clone()),
             (None, Some(p)) => Some(read_key_file(p).map_err(|e| {
-                bad(format!("{where_}: reading {}: {e}{}", p.display(), who_must_read(&e)))
+                bad(format!(
+                    "{where_}: reading {}: {e}{}",
+                    p.display(),
+                    crate::cli::who_must_read(&e)
+                ))
             })?),
             (None, None) if keys == Keys::Optional => None,
             (None, None) => return Err(bad(format!("{where_}: needs key or key_file"))),
