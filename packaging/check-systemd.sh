@@ -445,6 +445,12 @@ step7_purge() {
   ! listening "$(port)" || fail "still listening"
 }
 
+# What this cannot show about a real RPM distribution (Fedora, RHEL, openSUSE): `--nodeps`
+# skips `Requires: shadow-utils`; Debian's preset enables everything, Fedora/RHEL's disables
+# unlisted services (the unit stays disabled after install there, as %systemd_post does);
+# SELinux labels (the relay runs unconfined_service_t, keys get etc_t) and RHEL 8's systemd 239,
+# which ignores ProtectClock=, ProtectKernelLogs=, ProtectProc=, ProcSubset= (a worse score),
+# are untested; rpm upgrades ($1 = 2 in the scriptlets) are not exercised here.
 step8_rpm() {
   halt
   fresh_root
