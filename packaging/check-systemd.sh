@@ -6,9 +6,9 @@
 # start, deliver, erase). Run as root after packaging/build-packages.sh.
 #
 # The pristine tree is made once with debootstrap (~2-3 min) and cached outside the checkout in
-# $WEIXIN_ROBOT_CI_CACHE (default /var/cache/weixin-robot-ci); each run copies it. A fake WeCom
-# (packaging/fake-wecom.py) runs on the host's 127.0.0.1, which the container shares: nothing
-# leaves the machine. Each check prints ok/FAIL and its time; exits 1 if any check failed.
+# $WEIXIN_ROBOT_CI_CACHE (default /var/cache/weixin-robot-ci); each run boots an overlay of it
+# (a copy where overlayfs is missing). A fake WeCom (packaging/fake-wecom.py) runs on the host's
+# 127.0.0.1, which the container shares: nothing leaves the machine. Each check prints ok/FAIL and its time; exits 1 if any check failed.
 # Stops the container and everything it started on exit. KEEP=1 keeps the work directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -134,19 +134,31 @@ boot() { # boot: boots $root in the background, waits for its systemd to be up
 }
 halt() { # stops the container (SIGTERM to nspawn makes its systemd power off), then SIGKILL
   [ -s "$work/nspawn.pid" ] || return 0
-  local pid; pid=$(cat "$work/nspawn.pid")
+  local pid t0; pid=$(cat "$work/nspawn.pid"); t0=$(date +%s%N)
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 1 200); do alive "$pid" || break; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
   for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
+  echo "halt: $(since "$t0")s" >&2
   rm -f "$work/nspawn.pid" "$work/ct.pid"
+}
+drop_root() {
+  if mountpoint -q "$root"; then umount "$root" || umount -l "$root"; fi
+  rm -rf "$root" "$work/upper" "$work/overlay-work"
 }
 cleanup() {
   set +e # everything here runs, whatever fails
+  local t0; t0=$(date +%s%N)
   fake_stop
   if [ -s "$work/load.pid" ]; then kill "$(cat "$work/load.pid")" 2>/dev/null; fi
   halt
-  if [ "${KEEP:-0}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
+  if [ "${KEEP:-0}" = 1 ]; then
+    echo "kept $work (the tree is mounted on $work/root: umount it when done)"
+  else
+    drop_root
+    rm -rf "$work"
+  fi
+  echo "check-systemd: container stopped, work directory cleaned up in $(since "$t0")s"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -194,9 +206,15 @@ make_tree() {
     mv "$cache.tmp" "$cache"
   fi
 }
-fresh_root() { # a fresh copy of the cached tree in $root, ready to boot
-  rm -rf "$root"
-  cp -a --reflink=auto "$cache" "$root"
+# fresh_root: a fresh copy of the cached tree in $root, ready to boot: an overlay on the cache
+# (instant; the cache stays pristine) or, where overlayfs is missing, a copy (~10 s).
+fresh_root() {
+  drop_root
+  mkdir -p "$root" "$work/upper" "$work/overlay-work"
+  if ! mount -t overlay overlay \
+      -o "lowerdir=$cache,upperdir=$work/upper,workdir=$work/overlay-work" "$root" 2>/dev/null; then
+    cp -a --reflink=auto "$cache/." "$root/"
+  fi
   ln -sf /dev/null "$root/etc/systemd/system/networking.service"
   # Boot quicker: nothing here needs these.
   for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer; do
@@ -483,7 +501,7 @@ step8_rpm() {
 }
 
 echo "check-systemd: $deb1, $rpm1"
-check "1 cached bookworm tree copied and booted with systemd-nspawn" step1_boot
+check "1 cached bookworm tree, a fresh overlay of it booted with systemd-nspawn" step1_boot
 if [ -s "$work/ct.pid" ]; then
   check "2 .deb installed; comment-only key: exit 2, no restart loop" step2_bad_key
   check "2 key set: active, golden payload delivered exactly" step2_deliver
