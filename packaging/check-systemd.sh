@@ -149,6 +149,7 @@ drop_root() {
 cleanup() {
   set +e # everything here runs, whatever fails
   local t0; t0=$(date +%s%N)
+  if [ -s "$work/check.pid" ]; then kill "$(cat "$work/check.pid")" 2>/dev/null; fi
   fake_stop
   if [ -s "$work/load.pid" ]; then kill "$(cat "$work/load.pid")" 2>/dev/null; fi
   halt
@@ -173,10 +174,14 @@ check() {
   local name=$1 fn=$2 t0 rc
   t0=$(date +%s%N)
   rm -f "$work/note"
+  # In the background and waited for, so that SIGTERM/SIGINT run the cleanup at once.
   set +e
-  ( set -e; "$fn" ) >"$work/check.out" 2>&1
+  ( set -e; "$fn" ) >"$work/check.out" 2>&1 &
+  echo $! >"$work/check.pid"
+  wait "$!"
   rc=$?
   set -e
+  rm -f "$work/check.pid"
   [ ! -s "$work/note" ] || name="$name ($(cat "$work/note"))"
   if [ "$rc" -eq 0 ]; then
     printf 'ok   %-72s %5ss\n' "$name" "$(since "$t0")"
