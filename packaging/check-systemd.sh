@@ -11,6 +11,15 @@
 # 127.0.0.1, which the container shares: nothing leaves the machine. Each check prints ok/FAIL and its time; exits 1 if any check failed.
 # Stops the container and everything it started on exit. KEEP=1 keeps the work directory.
 set -euo pipefail
+# Become the reaper of what the checks leave behind: each check runs in a subshell, and the
+# container and the fake WeCom it starts outlive that subshell; where PID 1 does not reap
+# (some sandboxes), they would stay as zombies. PR_SET_CHILD_SUBREAPER survives exec.
+if [ -z "${WEIXIN_ROBOT_CHECK_REAPER:-}" ]; then
+  export WEIXIN_ROBOT_CHECK_REAPER=1
+  exec python3 -c 'import ctypes, os, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+os.execvp("bash", ["bash"] + sys.argv[1:])' "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 repo=$PWD
 
