@@ -29,6 +29,8 @@ need_apt readelf binutils
 need_apt lintian lintian
 need_apt rpm rpm
 need_apt systemd-analyze systemd
+need_apt debootstrap debootstrap
+need_apt systemd-nspawn systemd-container
 need_apt umoci umoci
 need_apt skopeo skopeo
 need_apt runc runc
@@ -58,6 +60,8 @@ done
 echo "== .deb and .rpm packages: lintian, rpm metadata, unit hardening, dpkg round trip"
 packaging/build-packages.sh
 packaging/check-packages.sh
+echo "== both packages under a real systemd (systemd-nspawn, Debian bookworm tree cached)"
+packaging/check-systemd.sh
 
 echo "== container images (umoci/skopeo, amd64 run with runc), compose and Kubernetes files"
 packaging/build-images.sh

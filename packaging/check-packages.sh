@@ -28,7 +28,7 @@ for arch in x86_64 aarch64; do
   grep -q "useradd --system" <<<"$scripts" || fail "$rpmfile: no user creation"
   grep -q "systemctl --no-reload preset" <<<"$scripts" || fail "$rpmfile: no preset"
   grep -q "userdel weixin-robot" <<<"$scripts" || fail "$rpmfile: no user removal"
-  [ "$(rpm -qp --qf '[%{FILEMODES:perms} %{FILENAMES}\n]' "$rpmfile" | grep /etc/weixin-robot/key | cut -d' ' -f1)" = "-rw-------" ] \
+  [ "$(rpm -qp --qf '[%{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILENAMES}\n]' "$rpmfile" | grep /etc/weixin-robot/key | cut -d' ' -f1-2)" = "-rw-r----- root:weixin-robot" ] \
     || fail "$rpmfile: key file mode"
   echo "$rpmfile: ok ($(stat -c %s "$rpmfile") bytes)"
 done
@@ -48,7 +48,8 @@ dpkg -P weixin-robot >/dev/null 2>&1 || true
 dpkg -i "$deb1" >/dev/null
 getent passwd weixin-robot >/dev/null || fail "user not created"
 /usr/bin/weixin-robot --version | grep -q "x86_64-unknown-linux-musl" || fail "installed binary"
-[ "$(stat -c %a /etc/weixin-robot/key)" = 600 ] || fail "key file mode"
+[ "$(stat -c '%U:%G %a' /etc/weixin-robot/key)" = "root:weixin-robot 640" ] || fail "key file mode"
+[ "$(stat -c '%U:%G %a' /etc/weixin-robot)" = "root:weixin-robot 2750" ] || fail "key directory mode"
 dpkg-query -W -f='${Conffiles}\n' weixin-robot | grep -q /etc/default/weixin-robot || fail "not a conffile"
 verify=$(systemd-analyze verify --man=no /usr/lib/systemd/system/weixin-robot.service 2>&1 || true)
 [ -z "$verify" ] || fail "systemd-analyze verify: $verify"
@@ -60,6 +61,7 @@ dpkg -P weixin-robot >/dev/null
 trap - EXIT
 getent passwd weixin-robot >/dev/null && fail "user left after purge"
 [ ! -e /etc/default/weixin-robot ] || fail "config left after purge"
+[ ! -e /etc/weixin-robot ] || fail "keys left after purge"
 [ ! -e /usr/bin/weixin-robot ] || fail "binary left after purge"
 rm -f "$deb2"
 echo "install → upgrade (edited config kept) → purge (user and config gone): ok"

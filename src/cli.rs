@@ -440,7 +440,8 @@ impl fmt::Display for Error {
             Error::Invalid { flag, reason } => write!(f, "invalid {flag}: {reason}"),
             Error::InvalidEnv { var, reason } => write!(f, "invalid {var} (environment): {reason}"),
             Error::KeyFile { path, source } => {
-                write!(f, "reading key file {}: {source}", path.display())
+                let who = who_must_read(source);
+                write!(f, "reading key file {}: {source}{who}", path.display())
             }
         }
     }
@@ -453,6 +454,30 @@ impl std::error::Error for Error {
             _ => None,
         }
     }
+}
+
+/// For a key file we may not read: names the user that must read it (under systemd that is
+/// the service user, not the root who wrote the file), so the fix is obvious. Empty otherwise.
+pub fn who_must_read(e: &std::io::Error) -> String {
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return String::new();
+    }
+    // SAFETY: getuid cannot fail; getpwuid_r writes only into the buffers we pass it.
+    let uid = unsafe { libc::getuid() };
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found) };
+    let name = if rc == 0 && !found.is_null() && !pw.pw_name.is_null() {
+        // SAFETY: pw_name points into `buf`, NUL-terminated by getpwuid_r.
+        unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }.to_string_lossy().into_owned()
+    } else {
+        "?".to_string()
+    };
+    format!(
+        " (the relay runs as user {name}, uid {uid}, which must be able to read it; \
+         the packages use owner root, group weixin-robot, mode 0640)"
+    )
 }
 
 pub fn invalid(flag: &'static str, reason: impl Into<String>) -> Error {

@@ -104,6 +104,18 @@ impl Config {
                 return Err(Error::Args("give either --key or --key-file, not both".into()))
             }
             (Some(key), None) => Some(key.to_string()),
+            // With --config the key file is optional: the packaged unit always passes
+            // /etc/weixin-robot/key, which stays comment-only (or absent) when the robots
+            // come from the config file; then there is no `default` robot.
+            (None, Some(path)) if raw.get("--config").is_some() => {
+                let path = PathBuf::from(path);
+                match read_key_file(&path) {
+                    Ok(key) if key.is_empty() => None,
+                    Ok(key) => Some(key),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(source) => return Err(Error::KeyFile { path, source }),
+                }
+            }
             (None, Some(path)) => {
                 let path = PathBuf::from(path);
                 Some(read_key_file(&path).map_err(|source| Error::KeyFile { path, source })?)
@@ -307,6 +319,50 @@ mod tests {
         let err =
             config(&["--bogus", "SECRET9", "-k", "x"], &[]).expect_err("unknown flag").to_string();
         assert!(err.contains("--bogus") && !err.contains("SECRET9"), "{err}");
+    }
+
+    /// The packaged unit always passes /etc/weixin-robot/key; with --config that file may be
+    /// comment-only or gone, and then the robots come from the config alone.
+    #[test]
+    fn key_file_is_optional_with_config() -> Result<(), Error> {
+        let dir = std::env::temp_dir().join(format!("wxr-optkey-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let (key, conf) = (dir.join("key"), dir.join("config.toml"));
+        let _ = std::fs::write(&key, "# Put the webhook URL below\n\n");
+        let _ = std::fs::write(&conf, "[robots.ops]\nkey = \"OPSKEY\"\n");
+        let (k, c) = (key.to_str().unwrap_or_default(), conf.to_str().unwrap_or_default());
+        let names = |cfg: &Config| cfg.robots.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let cfg = config(&["--key-file", k, "--config", c], &[])?;
+        assert_eq!(names(&cfg), ["ops"]);
+        assert!(cfg.webhook.is_none());
+        let missing = dir.join("absent").to_string_lossy().into_owned();
+        let cfg = config(&["--key-file", &missing], &[("WEIXIN_ROBOT_CONFIG", c)])?;
+        assert_eq!(names(&cfg), ["ops"]);
+        // Without --config the key file is still required and must hold a key.
+        let err = config(&["--key-file", k], &[]).expect_err("comment-only key").to_string();
+        assert!(err.contains("--key-file"), "{err}");
+        assert!(config(&["--key-file", &missing], &[]).is_err());
+        // A key there still makes the robot named default, as --key does with --config.
+        let _ = std::fs::write(&key, "DEFKEY\n");
+        assert_eq!(names(&config(&["--key-file", k, "--config", c], &[])?), ["default", "ops"]);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// Under systemd the service user reads the key files, not the root who wrote them.
+    #[test]
+    fn unreadable_key_file_error_names_the_user_that_must_read_it() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let err = Error::KeyFile { path: "/etc/weixin-robot/key".into(), source: denied };
+        let text = err.to_string();
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        assert!(text.contains("runs as user "), "{text}");
+        assert!(text.contains(&format!("uid {uid}")), "{text}");
+        assert!(text.contains("group weixin-robot, mode 0640"), "{text}");
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let err = Error::KeyFile { path: "/x".into(), source: missing };
+        assert!(!err.to_string().contains("runs as user"), "{err}");
     }
 
     #[test]

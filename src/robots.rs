@@ -76,10 +76,13 @@ pub fn robots(
             }
             _ if keys == Keys::Skip => None,
             (Some(k), None) => Some(k.clone()),
-            (None, Some(p)) => Some(
-                read_key_file(p)
-                    .map_err(|e| bad(format!("{where_}: reading {}: {e}", p.display())))?,
-            ),
+            (None, Some(p)) => Some(read_key_file(p).map_err(|e| {
+                bad(format!(
+                    "{where_}: reading {}: {e}{}",
+                    p.display(),
+                    crate::cli::who_must_read(&e)
+                ))
+            })?),
             (None, None) if keys == Keys::Optional => None,
             (None, None) => return Err(bad(format!("{where_}: needs key or key_file"))),
         };
