@@ -106,6 +106,15 @@ pub const FLAGS: &[Flag] = &[
         "do not send an alert state the group was told within this window again (0 disables)",
     ),
     flag(
+        "--max-delay",
+        None,
+        Some("WEIXIN_ROBOT_MAX_DELAY"),
+        Some("DURATION"),
+        Some("2m"),
+        "storm mode: longest a change may wait before the group sees it (render --digest \
+         previews the layout this picks; the sender does not apply it yet)",
+    ),
+    flag(
         "--state-dir",
         None,
         Some("WEIXIN_ROBOT_STATE_DIR"),
@@ -266,6 +275,22 @@ pub const FLAGS: &[Flag] = &[
         "log line format: text for people, logfmt or json for log collectors",
     ),
     flag(
+        "--digest",
+        None,
+        None,
+        None,
+        None,
+        "render: preview storm mode (digest, attached file, compact messages) for FILE…",
+    ),
+    flag(
+        "--with-file",
+        None,
+        None,
+        None,
+        None,
+        "send-test: also upload a small file and send it as a file message",
+    ),
+    flag(
         "--robot",
         None,
         None,
@@ -291,15 +316,24 @@ pub struct CommandDoc {
 pub const COMMANDS: &[CommandDoc] = &[
     CommandDoc {
         name: "render",
-        args: "[FILE|-]",
+        args: "[FILE|-] | --digest FILE…",
         about: "print the messages a payload becomes, as the chosen robot would send them",
-        flags: &["--config", "--robot", "--tz", "--max-body"],
+        flags: &["--config", "--robot", "--tz", "--max-body", "--digest", "--rate", "--max-delay"],
     },
     CommandDoc {
         name: "send-test",
         args: "",
         about: "send one test message with a robot's key and show WeCom's answer",
-        flags: &["--key", "--key-file", "--config", "--robot", "--ca-file", "--timeout", "--tz"],
+        flags: &[
+            "--key",
+            "--key-file",
+            "--config",
+            "--robot",
+            "--ca-file",
+            "--timeout",
+            "--tz",
+            "--with-file",
+        ],
     },
     CommandDoc {
         name: "healthcheck",
@@ -336,6 +370,10 @@ pub struct RawArgs {
     pub version: bool,
     pub dry_run: bool,
     pub allow_key_param: bool,
+    /// `render --digest`: preview storm mode.
+    pub digest: bool,
+    /// `send-test --with-file`: also try the file path.
+    pub with_file: bool,
     values: Vec<(&'static str, String, Source)>,
 }
 
@@ -346,6 +384,9 @@ pub enum Command {
     Serve,
     /// `render [FILE|-]`: print the messages a payload would become; `None` reads stdin.
     Render(Option<PathBuf>),
+    /// `render --digest FILE…`: storm mode's digest, file and compact messages for several
+    /// payloads; `-` (or no file) reads stdin.
+    RenderDigest(Vec<PathBuf>),
     /// `send-test`: send one test message and print WeCom's answer.
     SendTest,
     /// `healthcheck`: exit 0 when the relay on --listen/--port answers /healthz (for images
@@ -358,7 +399,7 @@ impl Command {
     pub fn name(&self) -> Option<&'static str> {
         match self {
             Command::Serve => None,
-            Command::Render(_) => Some("render"),
+            Command::Render(_) | Command::RenderDigest(_) => Some("render"),
             Command::SendTest => Some("send-test"),
             Command::Healthcheck => Some("healthcheck"),
         }
@@ -367,7 +408,7 @@ impl Command {
     /// Whether this command reads `flag` (from the command line or the environment).
     fn accepts(&self, flag: &Flag) -> bool {
         match self.name().and_then(find_command) {
-            None => flag.long != "--robot",
+            None => !matches!(flag.long, "--robot" | "--digest" | "--with-file"),
             Some(doc) => flag.long == "--help" || doc.flags.contains(&flag.long),
         }
     }
@@ -620,6 +661,8 @@ pub fn parse_args(
                 }
             };
         }
+    } else if raw.command == Command::Render(None) && raw.digest {
+        raw.command = Command::RenderDigest(positional.by_ref().map(PathBuf::from).collect());
     } else if raw.command == Command::Render(None) {
         if let Some(file) = positional.next().filter(|f| f != "-") {
             raw.command = Command::Render(Some(PathBuf::from(file)));
@@ -642,6 +685,8 @@ fn set_switch(raw: &mut RawArgs, long: &str) {
         "--version" => raw.version = true,
         "--dry-run" => raw.dry_run = true,
         "--allow-key-param" => raw.allow_key_param = true,
+        "--digest" => raw.digest = true,
+        "--with-file" => raw.with_file = true,
         _ => {}
     }
 }
@@ -754,7 +799,7 @@ mod tests {
              route_label = LABEL :: a group label (else common label, else the first alert's \
              label) whose value names the robot; default wecom_robot.\n\
              [robots.NAME] :: one robot: key or key_file (the webhook URL or bare key), rate \
-             (N/DURATION), msgtype (markdown, markdown_v2 or text), template (a file, see \
+             (N/DURATION), max_delay (DURATION, storm mode), msgtype (markdown, markdown_v2 or text), template (a file, see \
              TEMPLATES), mention_users, mention_mobiles, mention_all, mention_label and \
              mention_mobile_label (labels whose values, in firing alerts, name more people).\n\
              [[mentions]] :: label, value, users, mobiles, all, mention_label, \
@@ -1016,6 +1061,10 @@ mod tests {
         assert_eq!(raw.command, Command::Render(None));
         let raw = parse(&["render", "--", "-file.json"], &[])?;
         assert_eq!(raw.command, Command::Render(Some(PathBuf::from("-file.json"))));
+        let raw = parse(&["render", "a.json", "--digest", "b.json", "-"], &[])?;
+        let files = ["a.json", "b.json", "-"].map(PathBuf::from).to_vec();
+        assert_eq!(raw.command, Command::RenderDigest(files));
+        assert!(parse(&["--digest", "-k", "x"], &[]).is_err(), "serving takes no --digest");
         // Flags a command does not take are not read from the environment either.
         let raw = parse(&["healthcheck"], &[("KEY", "x"), ("PORT", "9")])?;
         assert_eq!((raw.get("--key"), raw.get("--port")), (None, Some("9")));

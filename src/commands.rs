@@ -3,12 +3,14 @@
 //! into an exit code.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::alertmanager::{self, Payload, Status};
+use crate::compact;
 use crate::config::Config;
 use crate::config_file::MentionEntry;
+use crate::digest;
 use crate::intake;
 use crate::outbox::split::{cut_utf8, split};
 use crate::render;
@@ -22,6 +24,92 @@ use crate::wecom::{self, SendError};
 /// picks from the payload's labels (`--config`), else `default`. Reads `path`, or stdin when
 /// `None`; at most `--max-body` bytes. Keys are never read.
 pub fn render(config: &Config, path: Option<&Path>) -> Result<(), String> {
+    let payload = read_payload(config, path)?;
+    let rc = chosen_or_routed(config, &payload)?;
+    eprintln!(
+        "robot {}: msgtype {:?}, template {}",
+        rc.name,
+        rc.msgtype,
+        if rc.template.is_some() { "from the config file" } else { "built-in" }
+    );
+    let parts = messages_for(&payload, config.tz, rc, &mentions(config, rc, &payload));
+    for (i, part) in parts.iter().enumerate() {
+        println!("----- message {}/{} ({} bytes) -----", i + 1, parts.len(), part.len());
+        println!("{part}");
+    }
+    Ok(())
+}
+
+/// Previews storm mode for one or more payloads (`-`, or no file: stdin), as one robot's
+/// pending state: the layout its budget within `max_delay` picks, then the digest message, the
+/// attached file and the compact messages (what is sent instead when the upload fails).
+/// Nothing is sent and keys are never read. The sender does not use storm mode yet.
+pub fn render_digest(config: &Config, paths: &[PathBuf]) -> Result<(), String> {
+    let mut groups = Vec::new();
+    if paths.is_empty() {
+        groups.push(read_payload(config, None)?);
+    }
+    for p in paths {
+        groups.push(read_payload(config, Some(p.as_path()).filter(|p| p.as_os_str() != "-"))?);
+    }
+    let rc = chosen_or_routed(config, &groups[0])?;
+    let (tz, limit) = (config.tz, rc.msgtype.limit());
+    let full: usize =
+        groups.iter().map(|p| messages_for(p, tz, rc, &mentions(config, rc, p)).len()).sum();
+    let compact = split(&render::adapt(compact::compact(&groups, tz, limit), rc.msgtype), limit);
+    let budget = digest::budget_within(rc.rate, rc.max_delay);
+    let layout = match digest::choose(full, compact.len(), budget) {
+        digest::Layout::Full => "full",
+        digest::Layout::Compact => "compact",
+        digest::Layout::Digest => "digest + file",
+    };
+    let alerts: usize = groups.iter().map(|g| g.alerts.len()).sum();
+    eprintln!(
+        "robot {}: {}/{:?}, max-delay {:?}: at most {budget} messages within it",
+        rc.name, rc.rate.messages, rc.rate.window, rc.max_delay
+    );
+    eprintln!(
+        "{alerts} alerts in {} groups: full layout {full} messages, compact {}, digest 2 \
+         -> {layout}",
+        groups.len(),
+        compact.len()
+    );
+    let now = now();
+    let name = digest::file_name(now, tz);
+    let message =
+        render::adapt(digest::digest(&groups, tz, &name, limit), rc.msgtype).to_markdown();
+    println!("----- digest message ({} bytes) -----", message.len());
+    println!("{message}");
+    let file = digest::full_list(&groups, tz, now, wecom::MEDIA_MAX_BYTES);
+    println!("----- file {name} ({} bytes) -----", file.len());
+    print!("{file}");
+    for (i, part) in compact.iter().enumerate() {
+        println!("----- compact message {}/{} ({} bytes) -----", i + 1, compact.len(), part.len());
+        println!("{part}");
+    }
+    Ok(())
+}
+
+fn now() -> Timestamp {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    Timestamp { unix_seconds: now as i64, nanos: 0 }
+}
+
+/// `--robot`, else the robot routing picks for this payload.
+fn chosen_or_routed<'a>(config: &'a Config, payload: &Payload) -> Result<&'a RobotConfig, String> {
+    match &config.robot {
+        Some(name) => config
+            .robots
+            .iter()
+            .find(|r| &r.name == name)
+            .ok_or_else(|| format!("no robot named {name:?}")),
+        None => Ok(routed(config, payload)),
+    }
+}
+
+/// Reads one payload (stdin when `path` is `None`), at most `--max-body` bytes, through the
+/// same checks the relay applies.
+fn read_payload(config: &Config, path: Option<&Path>) -> Result<Payload, String> {
     let mut body = Vec::new();
     let limit = config.max_body_bytes;
     let read = match path {
@@ -37,29 +125,10 @@ pub fn render(config: &Config, path: Option<&Path>) -> Result<(), String> {
     if body.len() as u64 > limit {
         return Err(format!("payload is larger than --max-body ({limit} bytes)"));
     }
+    let shown = path.map_or_else(|| "stdin".into(), |p| p.display().to_string());
     // The same checks the relay applies (JSON depth, then the payload itself).
-    intake::prepare(&body, config.tz).map_err(|e| format!("payload rejected: {e}"))?;
-    let payload = alertmanager::parse(&body).map_err(|e| format!("payload rejected: {e}"))?;
-    let rc = match &config.robot {
-        Some(name) => config
-            .robots
-            .iter()
-            .find(|r| &r.name == name)
-            .ok_or_else(|| format!("no robot named {name:?}"))?,
-        None => routed(config, &payload),
-    };
-    eprintln!(
-        "robot {}: msgtype {:?}, template {}",
-        rc.name,
-        rc.msgtype,
-        if rc.template.is_some() { "from the config file" } else { "built-in" }
-    );
-    let parts = messages_for(&payload, config.tz, rc, &mentions(config, rc, &payload));
-    for (i, part) in parts.iter().enumerate() {
-        println!("----- message {}/{} ({} bytes) -----", i + 1, parts.len(), part.len());
-        println!("{part}");
-    }
-    Ok(())
+    intake::prepare(&body, config.tz).map_err(|e| format!("{shown}: payload rejected: {e}"))?;
+    alertmanager::parse(&body).map_err(|e| format!("{shown}: payload rejected: {e}"))
 }
 
 // The functions below restate, for one payload and no queue, what the relay does when it
@@ -126,7 +195,9 @@ fn chosen_robot(config: &Config) -> Result<&RobotConfig, String> {
 }
 
 /// Sends one short markdown message and prints WeCom's answer with a hint for known errcodes.
-pub fn send_test(config: &Config) -> Result<(), String> {
+/// With `with_file`, then uploads a small file and sends it as a `file` message: the path
+/// storm mode's attached list takes.
+pub fn send_test(config: &Config, with_file: bool) -> Result<(), String> {
     let robot = chosen_robot(config)?;
     let url = robot
         .webhook
@@ -143,10 +214,27 @@ pub fn send_test(config: &Config) -> Result<(), String> {
     );
     println!("sending a test message to {url} (robot {})", robot.name);
     let (result, latency) = client.send(url, &wecom::markdown_body(&content));
+    report(result, latency)?;
+    if !with_file {
+        return Ok(());
+    }
+    let file = format!("# weixin-robot 测试文件\n\n发送时间: {when}\n\n| 状态 | 告警名称 |\n|---|---|\n| 告警中 | Test |\n");
+    let name = "weixin-robot-test.md";
+    let upload = url.upload_url().map(|u| u.to_string()).unwrap_or_default();
+    println!("uploading {name} ({} bytes) to {upload}", file.len());
+    let (result, latency) = client.upload_media(url, name, file.as_bytes());
+    let media_id = report(result, latency)?;
+    println!("sending it as a file message");
+    let (result, latency) = client.send(url, &wecom::file_body(&media_id));
+    report(result, latency)
+}
+
+/// Prints how a step went, with a pointer to WeCom's errcode list for codes without a hint.
+fn report<T>(result: Result<T, SendError>, latency: std::time::Duration) -> Result<T, String> {
     match result {
-        Ok(()) => {
+        Ok(v) => {
             println!("ok: WeCom answered errcode 0 in {} ms", latency.as_millis());
-            Ok(())
+            Ok(v)
         }
         Err(e) => {
             println!("failed after {} ms: {e}", latency.as_millis());

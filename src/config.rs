@@ -41,6 +41,8 @@ pub struct Config {
     pub send_timeout: Duration,
     /// `--rate`: the budget of the `default` robot and of robots made for `?key=`.
     pub rate: Rate,
+    /// `--max-delay`: storm mode's bound for the `default` robot and robots made for `?key=`.
+    pub max_delay: Duration,
     pub allow_key_param: bool,
     pub dedup_window: Duration,
     pub state_dir: Option<PathBuf>,
@@ -123,7 +125,10 @@ impl Config {
             (None, None)
                 if raw.dry_run
                     || raw.get("--config").is_some()
-                    || matches!(raw.command, Command::Render(_) | Command::Healthcheck) =>
+                    || matches!(
+                        raw.command,
+                        Command::Render(_) | Command::RenderDigest(_) | Command::Healthcheck
+                    ) =>
             {
                 None
             }
@@ -187,14 +192,18 @@ impl Config {
             .map_err(|r| invalid("--key-param-host", r))?;
 
         let keys = match raw.command {
-            Command::Render(_) | Command::Healthcheck => Keys::Skip,
+            Command::Render(_) | Command::RenderDigest(_) | Command::Healthcheck => Keys::Skip,
             _ if raw.dry_run => Keys::Optional,
             _ => Keys::Required,
         };
         let rate = Rate::parse(raw.get_or_default("--rate").unwrap_or("20/60s"))
             .map_err(|r| invalid("--rate", r))?;
+        let max_delay = duration("--max-delay")?;
+        if max_delay.is_zero() {
+            return Err(invalid("--max-delay", "must be above zero"));
+        }
         let (robots, default_robot, route_label, mention_rules) =
-            robots(raw.get("--config").map(Path::new), webhook.as_ref(), rate, keys)?;
+            robots(raw.get("--config").map(Path::new), webhook.as_ref(), rate, max_delay, keys)?;
         let robot = match raw.get("--robot") {
             Some(name) if robots.iter().any(|r| r.name == name) => Some(name.to_string()),
             Some(_) => {
@@ -223,6 +232,7 @@ impl Config {
             ca_file: raw.get("--ca-file").map(PathBuf::from),
             send_timeout,
             rate,
+            max_delay,
             allow_key_param: raw.allow_key_param,
             dedup_window: duration("--dedup-window")?,
             state_dir: raw.get("--state-dir").map(PathBuf::from),

@@ -38,6 +38,8 @@ pub struct RobotEntry {
     pub key: Option<String>,
     pub key_file: Option<PathBuf>,
     pub rate: Option<String>,
+    /// Storm mode's bound for this robot (`--max-delay` when missing).
+    pub max_delay: Option<String>,
     pub msgtype: Option<String>,
     pub template: Option<PathBuf>,
     /// Mentioned on every notification with a firing alert.
@@ -150,6 +152,7 @@ pub fn parse(text: &str) -> Result<FileConfig, String> {
                 out.robots[i].key_file = Some(PathBuf::from(string(value)?))
             }
             (Table::Robot(i), "rate") => out.robots[i].rate = Some(string(value)?),
+            (Table::Robot(i), "max_delay") => out.robots[i].max_delay = Some(string(value)?),
             (Table::Robot(i), "msgtype") => out.robots[i].msgtype = Some(string(value)?),
             (Table::Robot(i), "template") => {
                 out.robots[i].template = Some(PathBuf::from(string(value)?))
@@ -286,7 +289,7 @@ mod tests {
         let c = parse(
             "# comment\ndefault_robot = \"ops\"\nroute_label = \"team\" # trailing\n\n\
              [robots.ops]\nkey = \"https://h/send?key=a#b\"\nrate = \"5/1s\"\n\
-             [robots.\"dba\"]\nkey_file = \"/etc/k\"\n",
+             [robots.\"dba\"]\nkey_file = \"/etc/k\"\nmax_delay = \"30s\"\n",
         )?;
         assert_eq!(c.default_robot.as_deref(), Some("ops"));
         assert_eq!(c.route_label.as_deref(), Some("team"));
@@ -295,6 +298,7 @@ mod tests {
         assert_eq!(c.robots[0].rate.as_deref(), Some("5/1s"));
         assert_eq!(c.robots[1].name, "dba");
         assert_eq!(c.robots[1].key_file.as_deref(), Some(Path::new("/etc/k")));
+        assert_eq!(c.robots[1].max_delay.as_deref(), Some("30s"));
         Ok(())
     }
 

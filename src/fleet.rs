@@ -177,6 +177,7 @@ impl Fleet {
             name,
             webhook: Some(url),
             rate: self.base.rate,
+            max_delay: self.base.max_delay,
             msgtype: crate::wecom::MsgType::Markdown,
             template: None,
             mention: Default::default(),

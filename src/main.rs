@@ -7,8 +7,10 @@ mod auth;
 mod build;
 mod cli;
 mod commands;
+mod compact;
 mod config;
 mod config_file;
+mod digest;
 mod fleet;
 mod guard;
 mod intake;
@@ -89,7 +91,12 @@ fn run() -> Result<(), Failure> {
         cli::Command::Render(path) => {
             commands::render(&config, path.as_deref()).map_err(Failure::Runtime)
         }
-        cli::Command::SendTest => commands::send_test(&config).map_err(Failure::Runtime),
+        cli::Command::RenderDigest(paths) => {
+            commands::render_digest(&config, paths).map_err(Failure::Runtime)
+        }
+        cli::Command::SendTest => {
+            commands::send_test(&config, raw.with_file).map_err(Failure::Runtime)
+        }
         cli::Command::Healthcheck => commands::healthcheck(&config).map_err(Failure::Runtime),
     }
 }

@@ -3,10 +3,11 @@
 //! checked when it loads.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::cli::Error;
 use crate::config_file;
-use crate::values::Rate;
+use crate::values::{parse_duration, Rate};
 use crate::wecom::WebhookUrl;
 
 /// One robot: where its messages go and how fast.
@@ -16,6 +17,9 @@ pub struct RobotConfig {
     /// `None` only with `--dry-run` (or for commands that send nothing).
     pub webhook: Option<WebhookUrl>,
     pub rate: Rate,
+    /// Storm mode: the longest a change may wait before the group sees it (`--max-delay`, or
+    /// `max_delay` in the robot's table). `render --digest` picks the layout from it.
+    pub max_delay: Duration,
     pub msgtype: crate::wecom::MsgType,
     /// Replaces the built-in layout; checked when the file loads.
     pub template: Option<std::sync::Arc<crate::template::Template>>,
@@ -47,6 +51,7 @@ pub fn robots(
     file: Option<&Path>,
     cli_webhook: Option<&WebhookUrl>,
     cli_rate: Rate,
+    cli_max_delay: Duration,
     keys: Keys,
 ) -> Result<RobotSetup, Error> {
     let mut robots = Vec::new();
@@ -55,6 +60,7 @@ pub fn robots(
             name: "default".into(),
             webhook: cli_webhook.cloned(),
             rate: cli_rate,
+            max_delay: cli_max_delay,
             msgtype: crate::wecom::MsgType::Markdown,
             template: None,
             mention: config_file::MentionEntry::default(),
@@ -93,6 +99,12 @@ pub fn robots(
             Some(r) => Rate::parse(r).map_err(|e| bad(format!("{where_}: rate: {e}")))?,
             None => cli_rate,
         };
+        let max_delay = match &entry.max_delay {
+            Some(d) => parse_duration(d).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+                bad(format!("{where_}: max_delay: expected a duration above zero such as 2m"))
+            })?,
+            None => cli_max_delay,
+        };
         let msgtype = match &entry.msgtype {
             Some(m) => {
                 crate::wecom::MsgType::parse(m).map_err(|e| bad(format!("{where_}: {e}")))?
@@ -109,6 +121,7 @@ pub fn robots(
             name: entry.name,
             webhook,
             rate,
+            max_delay,
             msgtype,
             template,
             mention: entry.mention,

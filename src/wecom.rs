@@ -59,6 +59,8 @@ pub enum SendError {
         errcode: i64,
         errmsg: String,
     },
+    /// A file outside WeCom's upload bounds, refused before sending (its size in bytes).
+    MediaSize(usize),
 }
 
 impl SendError {
@@ -68,7 +70,7 @@ impl SendError {
             SendError::Http(429) => Class::RateLimited,
             SendError::Http(408) => Class::Retry,
             SendError::Http(code) if *code >= 500 => Class::Retry,
-            SendError::Http(_) => Class::Permanent,
+            SendError::Http(_) | SendError::MediaSize(_) => Class::Permanent,
             SendError::Api { errcode, .. } => classify_errcode(*errcode),
         }
     }
@@ -90,6 +92,7 @@ impl SendError {
             SendError::Http(_) => "http_4xx",
             SendError::Garbled(_) => "garbled",
             SendError::Api { .. } => "errcode",
+            SendError::MediaSize(_) => "media_size",
         }
     }
 }
@@ -131,11 +134,80 @@ impl fmt::Display for SendError {
                 }
                 Ok(())
             }
+            SendError::MediaSize(n) => write!(
+                f,
+                "uploading to wecom: a file of {n} bytes is outside {MEDIA_MIN_BYTES} B to \
+                 {MEDIA_MAX_BYTES} B"
+            ),
         }
     }
 }
 
 impl std::error::Error for SendError {}
+
+/// WeCom's bounds for a robot's uploaded file: "5B~20M". 20M is read as 20,000,000 bytes, the
+/// smaller of its two readings.
+/// <https://developer.work.weixin.qq.com/document/path/91770#文件上传接口>
+pub const MEDIA_MIN_BYTES: usize = 5;
+pub const MEDIA_MAX_BYTES: usize = 20_000_000;
+
+/// The JSON body of a `file` message: a file uploaded with [`Client::upload_media`].
+pub fn file_body(media_id: &str) -> String {
+    json!({"msgtype": "file", "file": {"media_id": media_id}}).to_string()
+}
+
+/// A file name safe inside the multipart header: ASCII letters, digits, `.`, `-` and `_` kept,
+/// anything else (quotes, line breaks, non-ASCII) made `_`.
+fn safe_file_name(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .take(128)
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .collect();
+    if name.trim_matches(['.', '_']).is_empty() {
+        "alerts.md".into()
+    } else {
+        name
+    }
+}
+
+/// The `multipart/form-data` body WeCom's upload wants: one part `media` with a `filename` (and
+/// `filelength`, as WeCom's example sends). Returns the Content-Type and the body; the boundary
+/// is chosen so it does not occur in the data.
+pub fn multipart_body(file_name: &str, data: &[u8]) -> (String, Vec<u8>) {
+    let mut n = data.len() as u64;
+    let boundary = loop {
+        let b = format!("----weixin-robot-{n:016x}");
+        if !data.windows(b.len()).any(|w| w == b.as_bytes()) {
+            break b;
+        }
+        n = n.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    };
+    let mut body = Vec::with_capacity(data.len() + 300);
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"{}\"; \
+             filelength={}\r\nContent-Type: application/octet-stream\r\n\r\n",
+            safe_file_name(file_name),
+            data.len()
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Reads `{"errcode":0,"media_id":"…"}`; errcodes as for sending.
+pub fn parse_upload_answer(body: &[u8]) -> Result<String, SendError> {
+    parse_answer(body)?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| SendError::Garbled(format!("answer is not JSON: {e}")))?;
+    match value.get("media_id").and_then(Value::as_str) {
+        Some(id) if !id.is_empty() => Ok(id.to_string()),
+        _ => Err(SendError::Garbled("upload answer has no media_id".into())),
+    }
+}
 
 /// The JSON body of a markdown message.
 pub fn markdown_body(content: &str) -> String {
@@ -238,14 +310,46 @@ impl Client {
     }
 
     fn send_inner(&self, url: &WebhookUrl, json_body: &str) -> Result<(), SendError> {
+        let body = self.post(url, "application/json", json_body.as_bytes().to_vec())?;
+        parse_answer(&body)
+    }
+
+    /// Uploads `data` as a file named `file_name` with the robot's upload API, next to its
+    /// webhook URL ([`WebhookUrl::upload_url`]), and returns WeCom's `media_id` (valid 3
+    /// days) for [`file_body`]. Sizes outside 5 B–20 MB are refused before anything is sent.
+    pub fn upload_media(
+        &self,
+        url: &WebhookUrl,
+        file_name: &str,
+        data: &[u8],
+    ) -> (Result<String, SendError>, Duration) {
+        let started = Instant::now();
+        let result = if (MEDIA_MIN_BYTES..=MEDIA_MAX_BYTES).contains(&data.len()) {
+            let (content_type, body) = multipart_body(file_name, data);
+            url.upload_url()
+                .and_then(|upload| self.post(&upload, &content_type, body))
+                .and_then(|answer| parse_upload_answer(&answer))
+        } else {
+            Err(SendError::MediaSize(data.len()))
+        };
+        (result, started.elapsed())
+    }
+
+    /// POSTs a body and returns the answer's body when the status is 200.
+    fn post(
+        &self,
+        url: &WebhookUrl,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, SendError> {
         let mut req = attohttpc::post(url.expose())
-            .header("Content-Type", "application/json")
+            .header("Content-Type", content_type)
             .header("User-Agent", concat!("weixin-robot/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(self.timeout)
             .read_timeout(self.timeout)
             .timeout(self.timeout)
             .follow_redirects(false)
-            .text(json_body);
+            .bytes(body);
         for cert in &self.extra_roots {
             req = req.add_root_certificate(cert.clone());
         }
@@ -263,7 +367,7 @@ impl Client {
         if status != 200 {
             return Err(SendError::Http(status));
         }
-        parse_answer(&body)
+        Ok(body)
     }
 }
 
@@ -371,6 +475,26 @@ impl WebhookUrl {
         &self.full
     }
 
+    /// The robot's upload URL: same scheme, host, port and key, path `…/upload_media` in
+    /// place of `…/send` (so a proxy's path prefix is kept; `/cgi-bin/webhook/upload_media`
+    /// when the path does not end in `/send`), and `type=file`. The error never holds the URL.
+    pub fn upload_url(&self) -> Result<WebhookUrl, SendError> {
+        let bad = || SendError::Transport("deriving the upload URL from the webhook URL".into());
+        let mut url = url::Url::parse(&self.full).map_err(|_| bad())?;
+        let key = url.query_pairs().find(|(k, _)| k == "key").map(|(_, v)| v.into_owned());
+        let key = key.ok_or_else(bad)?;
+        let path = match url.path().strip_suffix("/send") {
+            Some(prefix) => format!("{prefix}/upload_media"),
+            None => "/cgi-bin/webhook/upload_media".into(),
+        };
+        url.set_path(&path);
+        url.set_fragment(None);
+        let mut redacted = url.clone();
+        url.query_pairs_mut().clear().append_pair("key", &key).append_pair("type", "file");
+        redacted.query_pairs_mut().clear().append_pair("key", "***").append_pair("type", "file");
+        Ok(WebhookUrl { full: url.to_string(), redacted: redacted.to_string().replace("%2A", "*") })
+    }
+
     pub fn is_https(&self) -> bool {
         self.full.starts_with("https://")
     }
@@ -425,6 +549,78 @@ mod tests {
     fn errors_carry_hints() {
         let e = SendError::Api { errcode: 93000, errmsg: "invalid webhook url".into() };
         assert!(e.to_string().contains("the key is wrong"));
+    }
+
+    #[test]
+    fn upload_url_sits_next_to_the_webhook() -> Result<(), String> {
+        let cases = [
+            (
+                "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=K1",
+                "https://qyapi.weixin.qq.com/cgi-bin/webhook/upload_media?key=K1&type=file",
+            ),
+            (
+                "http://127.0.0.1:8080/cgi-bin/webhook/send?debug=1&key=K1",
+                "http://127.0.0.1:8080/cgi-bin/webhook/upload_media?key=K1&type=file",
+            ),
+            (
+                "https://proxy.example/wecom/cgi-bin/webhook/send?key=K1",
+                "https://proxy.example/wecom/cgi-bin/webhook/upload_media?key=K1&type=file",
+            ),
+            (
+                "https://h:8443/hook?key=K1",
+                "https://h:8443/cgi-bin/webhook/upload_media?key=K1&type=file",
+            ),
+        ];
+        for (webhook, want) in cases {
+            let url = WebhookUrl::parse(webhook)?.upload_url().map_err(|e| e.to_string())?;
+            assert_eq!(url.expose(), want);
+            assert!(
+                !url.to_string().contains("K1") && url.to_string().contains("key=***"),
+                "{url}"
+            );
+            assert!(!format!("{url:?}").contains("K1"));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn multipart_body_has_one_media_part() {
+        let data = b"# list\n| a | b |\n";
+        let (content_type, body) = multipart_body("alerts-20261202-1030.md", data);
+        let boundary = content_type.strip_prefix("multipart/form-data; boundary=").unwrap_or("");
+        assert!(!boundary.is_empty());
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(
+            text,
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; \
+                 filename=\"alerts-20261202-1030.md\"; filelength=17\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n# list\n| a | b |\n\r\n--{boundary}--\r\n"
+            )
+        );
+        // A boundary is never one that occurs in the data; names cannot break the header.
+        // 35 bytes: the first boundary tried (from the length) is inside it.
+        let tricky = format!("x----weixin-robot-{:016x}y", 35);
+        assert_eq!(tricky.len(), 35);
+        let (ct, _) = multipart_body("a", tricky.as_bytes());
+        assert!(!tricky.contains(ct.split('=').nth(1).unwrap_or("")));
+        assert_eq!(safe_file_name("a\"b\r\n.md"), "a_b__.md");
+        assert_eq!(safe_file_name("告警.md"), "__.md");
+        assert_eq!(safe_file_name("\"\""), "alerts.md");
+    }
+
+    #[test]
+    fn upload_answers_and_file_body() {
+        let ok = br#"{"errcode":0,"errmsg":"ok","type":"file","media_id":"3a8asd892","created_at":"1380000000"}"#;
+        assert_eq!(parse_upload_answer(ok).ok().as_deref(), Some("3a8asd892"));
+        let class = |b: &[u8]| parse_upload_answer(b).err().map(|e| e.class());
+        assert_eq!(class(br#"{"errcode":45009,"errmsg":"freq"}"#), Some(Class::RateLimited));
+        assert_eq!(class(br#"{"errcode":-1}"#), Some(Class::Retry));
+        assert_eq!(class(br#"{"errcode":93000}"#), Some(Class::Permanent));
+        assert_eq!(class(br#"{"errcode":0}"#), Some(Class::Retry), "no media_id: garbled");
+        assert_eq!(SendError::MediaSize(4).class(), Class::Permanent);
+        let v: Value = serde_json::from_str(&file_body("m1")).unwrap_or_default();
+        assert_eq!(v, json!({"msgtype": "file", "file": {"media_id": "m1"}}));
     }
 
     #[test]

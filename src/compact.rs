@@ -1,0 +1,357 @@
+//! Storm mode's compact layout: many alerts of the same alertname and status as one block.
+//!
+//! A block names the alertname, its severity, the count, the labels and annotations every alert
+//! of the block shares (once), then one short line per alert with its start time (and end time
+//! when resolved) and only what differs (`instance=…`, `pod=…`, a differing summary). Fifty
+//! `NodeDown` alerts take about one message instead of twelve.
+//!
+//! The result is a [`Document`] like the full layout's, sections per status with the same
+//! headings, so `render::adapt` (message types) and `outbox::split` (size limit) apply as they
+//! are. A block that would not fit one message is cut into several, each repeating its first
+//! line with "(续)", so no single block ever needs cutting mid-alert.
+//!
+//! Pure: no I/O, no clock, no HTTP.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use crate::alertmanager::{Payload, Status};
+use crate::digest::{items, severity_rank, Item};
+use crate::outbox::split::cut_utf8;
+use crate::render::{escape, Document, Section};
+use crate::time::{format_time, Timestamp, TzOffset};
+
+/// Longest per-alert line, in bytes; what differs beyond it is cut (the file has it all).
+const LINE_MAX_BYTES: usize = 240;
+
+/// Longest shared annotation shown in a block's head.
+const SHARED_ANNOTATION_MAX_BYTES: usize = 300;
+
+/// Room a message keeps for its section heading and the "(i/n)" `split` adds.
+const HEADING_ROOM_BYTES: usize = 160;
+
+/// `MM-DD HH:MM:SS` in the display offset: the year is noise on a line that repeats it.
+fn short_time(t: Option<Timestamp>, tz: TzOffset) -> String {
+    match t {
+        Some(t) => {
+            let full = format_time(t, tz);
+            full.get(5..).unwrap_or(&full).to_string()
+        }
+        None => "-".into(),
+    }
+}
+
+/// What every alert of a crowd shares: label (or annotation) → value, when all have the same.
+fn shared(
+    crowd: &[Item],
+    value: impl Fn(&Item, &str) -> Option<String>,
+    names: &[String],
+) -> Vec<(String, String)> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let first = value(&crowd[0], name)?;
+            crowd[1..]
+                .iter()
+                .all(|i| value(i, name).as_deref() == Some(first.as_str()))
+                .then(|| (name.clone(), first))
+        })
+        .collect()
+}
+
+/// The compact layout of `groups`, blocks of at most `limit` bytes minus the heading's room.
+pub fn compact(groups: &[Payload], tz: TzOffset, limit: usize) -> Document {
+    let all = items(groups);
+    let block_max = limit.saturating_sub(HEADING_ROOM_BYTES).max(200);
+    let mut sections = Vec::new();
+    for status in [Status::Firing, Status::Resolved] {
+        let mut crowds: BTreeMap<&str, Vec<Item>> = BTreeMap::new();
+        for item in all.iter().filter(|i| i.alert.status == status) {
+            crowds.entry(item.label("alertname").unwrap_or("")).or_default().push(*item);
+        }
+        if crowds.is_empty() {
+            continue;
+        }
+        let mut crowds: Vec<(&str, Vec<Item>)> = crowds.into_iter().collect();
+        let rank = |c: &[Item]| {
+            c.iter().map(|i| severity_rank(i.label("severity").unwrap_or(""))).min().unwrap_or(5)
+        };
+        crowds.sort_by_key(|(name, c)| (rank(c), std::cmp::Reverse(c.len()), *name));
+        let count: usize = crowds.iter().map(|(_, c)| c.len()).sum();
+        let (title, colour) = match status {
+            Status::Firing => ("告警通知", "warning"),
+            Status::Resolved => ("恢复通知", "info"),
+        };
+        let mut blocks = Vec::new();
+        for (name, crowd) in &crowds {
+            crowd_blocks(name, crowd, colour, tz, block_max, &mut blocks);
+        }
+        sections.push(Section {
+            heading: format!("## <font color=\"{colour}\">{title}</font> 共 {count} 条"),
+            alerts: blocks,
+        });
+    }
+    Document { sections, footer: None }
+}
+
+/// One crowd's block(s), appended to `out`.
+fn crowd_blocks(
+    name: &str,
+    crowd: &[Item],
+    colour: &str,
+    tz: TzOffset,
+    block_max: usize,
+    out: &mut Vec<String>,
+) {
+    let mut label_names: Vec<String> = crowd
+        .iter()
+        .flat_map(|i| i.alert.labels.0.iter().map(|(k, _)| k.clone()))
+        .filter(|k| k != "alertname")
+        .collect();
+    label_names.sort();
+    label_names.dedup();
+    let label = |i: &Item, n: &str| i.label(n).map(str::to_string);
+    let shared_labels = shared(crowd, label, &label_names);
+    let annotation_names: Vec<String> =
+        ["summary", "description", "message", "runbook_url"].map(String::from).to_vec();
+    let annotation = |i: &Item, n: &str| i.annotation(n).map(str::to_string);
+    let shared_annotations = shared(crowd, annotation, &annotation_names);
+    let is_shared = |n: &str| shared_labels.iter().any(|(k, _)| k == n);
+
+    let severity = match shared_labels.iter().find(|(k, _)| k == "severity") {
+        Some((_, v)) => escape(v),
+        None => {
+            let mut counts: BTreeMap<(u8, String), usize> = BTreeMap::new();
+            for i in crowd {
+                let s = i.label("severity").unwrap_or("-");
+                *counts.entry((severity_rank(s), escape(s))).or_default() += 1;
+            }
+            counts.into_iter().map(|((_, s), n)| format!("{s} {n}")).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let first_line = format!(
+        "**告警名称**: <font color=\"{colour}\">{}</font> × {}",
+        cut_utf8(&escape(if name.is_empty() { "-" } else { name }), 120),
+        crowd.len()
+    );
+    let mut head = first_line.clone();
+    let _ =
+        write!(head, "\n> 告警级别: <font color=\"{colour}\">{}</font>", cut_utf8(&severity, 200));
+    let common: Vec<String> = shared_labels
+        .iter()
+        .filter(|(k, _)| k != "severity")
+        .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
+        .collect();
+    if !common.is_empty() {
+        let what = if crowd.len() == 1 { "标签" } else { "相同标签" };
+        let _ = write!(head, "\n> {what}: {}", cut_utf8(&common.join(", "), 600));
+    }
+    for (key, field) in
+        [("summary", "告警主题"), ("description", "告警详情"), ("message", "告警详情")]
+    {
+        if let Some((_, v)) = shared_annotations.iter().find(|(k, _)| k == key) {
+            let _ =
+                write!(head, "\n> {field}: {}", cut_utf8(&escape(v), SHARED_ANNOTATION_MAX_BYTES));
+        }
+    }
+
+    let mut sorted: Vec<&Item> = crowd.iter().collect();
+    sorted.sort_by_key(|i| i.alert.starts_at);
+    let mut block = head;
+    let mut lines_in_block = 0;
+    for item in sorted {
+        let mut line = format!("> {}", short_time(item.alert.starts_at, tz));
+        if item.alert.status == Status::Resolved {
+            let _ = write!(line, " → {}", short_time(item.alert.ends_at, tz));
+        }
+        let differs: Vec<String> = item
+            .alert
+            .labels
+            .0
+            .iter()
+            .filter(|(k, v)| k != "alertname" && !v.is_empty() && !is_shared(k))
+            .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
+            .collect();
+        if !differs.is_empty() {
+            let _ = write!(line, " {}", differs.join(" "));
+        }
+        if !shared_annotations.iter().any(|(k, _)| k == "summary") {
+            if let Some(s) = item.annotation("summary") {
+                let _ = write!(line, " · {}", escape(s));
+            }
+        }
+        let line = cut_utf8(&line, LINE_MAX_BYTES);
+        if lines_in_block > 0 && block.len() + 1 + line.len() > block_max {
+            out.push(std::mem::replace(&mut block, format!("{first_line} (续)")));
+            lines_in_block = 0;
+        }
+        block.push('\n');
+        block.push_str(line);
+        lines_in_block += 1;
+    }
+    out.push(block);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alertmanager::{Alert, Pairs};
+    use crate::outbox::split::split;
+    use crate::render::render;
+    use crate::wecom::MARKDOWN_MAX_BYTES;
+
+    const CST: TzOffset = TzOffset { seconds: 8 * 3600 };
+
+    fn pairs(p: &[(&str, &str)]) -> Pairs {
+        Pairs(p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    fn alert(name: &str, instance: &str, severity: &str, status: Status, start: i64) -> Alert {
+        Alert {
+            status,
+            labels: pairs(&[
+                ("alertname", name),
+                ("cluster", "prod"),
+                ("instance", instance),
+                ("job", "node"),
+                ("severity", severity),
+            ]),
+            annotations: pairs(&[
+                ("summary", "Node is down"),
+                ("description", &format!("{instance} unreachable")),
+            ]),
+            starts_at: Some(Timestamp { unix_seconds: start, nanos: 0 }),
+            ends_at: (status == Status::Resolved)
+                .then_some(Timestamp { unix_seconds: start + 600, nanos: 0 }),
+            generator_url: None,
+            fingerprint: instance.into(),
+        }
+    }
+
+    fn group(alerts: Vec<Alert>) -> Payload {
+        Payload {
+            status: Status::Firing,
+            receiver: "wecom".into(),
+            group_key: "{}:{}".into(),
+            group_labels: Pairs::default(),
+            common_labels: Pairs::default(),
+            common_annotations: Pairs::default(),
+            external_url: None,
+            truncated_alerts: 0,
+            alerts,
+        }
+    }
+
+    #[test]
+    fn a_crowd_is_one_block_with_what_differs_per_line() {
+        let mut alerts: Vec<Alert> = (0..50)
+            .map(|i| {
+                alert(
+                    "NodeDown",
+                    &format!("10.0.0.{i}:9100"),
+                    "critical",
+                    Status::Firing,
+                    1_764_640_000 + i,
+                )
+            })
+            .collect();
+        alerts.push(alert("DiskFull", "10.0.1.1:9100", "warning", Status::Firing, 1_764_640_000));
+        alerts.push(alert(
+            "NodeDown",
+            "10.0.2.1:9100",
+            "critical",
+            Status::Resolved,
+            1_764_630_000,
+        ));
+        let doc = compact(&[group(alerts.clone())], CST, MARKDOWN_MAX_BYTES);
+        assert_eq!(doc.sections.len(), 2);
+        assert!(
+            doc.sections[0].heading.contains("告警通知</font> 共 51 条"),
+            "{}",
+            doc.sections[0].heading
+        );
+        let node = &doc.sections[0].alerts[0];
+        assert!(
+            node.starts_with("**告警名称**: <font color=\"warning\">NodeDown</font> × 50\n"),
+            "{node}"
+        );
+        assert!(node.contains("\n> 告警级别: <font color=\"warning\">critical</font>"), "{node}");
+        assert!(node.contains("\n> 相同标签: cluster=prod, job=node\n"), "{node}");
+        assert!(node.contains("\n> 告警主题: Node is down"), "{node}");
+        assert!(node.contains("\n> 12-02 09:46:40 instance=10.0.0.0:9100\n"), "{node}");
+        assert_eq!(node.matches("instance=").count(), 50, "{node}");
+        assert!(
+            !node.contains("unreachable"),
+            "differing descriptions are left to the file: {node}"
+        );
+        assert_eq!(doc.sections[0].alerts[1].lines().count(), 6, "DiskFull: head of 5 + 1 line");
+        let resolved = &doc.sections[1].alerts[0];
+        assert!(doc.sections[1].heading.contains("恢复通知</font> 共 1 条"));
+        assert!(resolved.contains("\n> 标签: cluster=prod, instance=10.0.2.1:9100, job=node\n"));
+        assert!(resolved.ends_with("\n> 12-02 07:00:00 → 12-02 07:10:00"), "{resolved}");
+        // The full layout needs many more messages than compact for the same alerts.
+        let full = split(&render(&group(alerts), CST), MARKDOWN_MAX_BYTES).len();
+        let short = split(&doc, MARKDOWN_MAX_BYTES);
+        assert!(short.len() == 1 && full >= 4, "compact {} vs full {full}", short.len());
+        assert!(short[0].len() <= MARKDOWN_MAX_BYTES);
+    }
+
+    #[test]
+    fn mixed_severities_and_summaries_are_named() {
+        let mut a = alert("Probe", "a", "critical", Status::Firing, 0);
+        let mut b = alert("Probe", "b", "warning", Status::Firing, 1);
+        a.annotations.0[0].1 = "probe a failed".into();
+        b.annotations.0[0].1 = "probe b slow".into();
+        let doc = compact(&[group(vec![a, b])], CST, MARKDOWN_MAX_BYTES);
+        let block = &doc.sections[0].alerts[0];
+        assert!(
+            block.contains("告警级别: <font color=\"warning\">critical 1, warning 1</font>"),
+            "{block}"
+        );
+        assert!(block.contains("instance=a severity=critical · probe a failed"), "{block}");
+        assert!(!block.contains("告警主题"), "{block}");
+    }
+
+    #[test]
+    fn a_huge_crowd_is_cut_into_blocks_that_each_fit() {
+        let alerts: Vec<Alert> = (0..2000)
+            .map(|i| {
+                alert(
+                    "NodeDown",
+                    &format!("host-{i}.example.com:9100"),
+                    "critical",
+                    Status::Firing,
+                    i,
+                )
+            })
+            .collect();
+        let doc = compact(&[group(alerts)], CST, MARKDOWN_MAX_BYTES);
+        let blocks = &doc.sections[0].alerts;
+        assert!(blocks.len() > 10);
+        assert!(
+            blocks[1]
+                .starts_with("**告警名称**: <font color=\"warning\">NodeDown</font> × 2000 (续)\n"),
+            "{}",
+            blocks[1]
+        );
+        let lines: usize = blocks.iter().map(|b| b.matches("instance=").count()).sum();
+        assert_eq!(lines, 2000, "every alert once");
+        let parts = split(&doc, MARKDOWN_MAX_BYTES);
+        assert!(parts
+            .iter()
+            .all(|p| p.len() <= MARKDOWN_MAX_BYTES && !p.contains("内容过长已截断")));
+    }
+
+    #[test]
+    fn hostile_values_stay_inert() {
+        let mut a = alert("<@all>", "**x**\n[l](javascript:y)", "critical", Status::Firing, 0);
+        a.labels.0.push(("z".into(), "长".repeat(500)));
+        let doc = compact(&[group(vec![a.clone(), a])], CST, MARKDOWN_MAX_BYTES);
+        let text = doc.to_markdown();
+        assert!(
+            !text.contains("<@all>") && !text.contains("**x**") && !text.contains("[l]"),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| l.len() <= 1200), "{text}");
+    }
+}
