@@ -15,5 +15,6 @@ mod outbox_ha;
 mod routing;
 mod smoke;
 mod spool;
+mod storm;
 mod tls;
 mod util;
