@@ -57,7 +57,8 @@ pub fn render_digest(config: &Config, paths: &[PathBuf]) -> Result<(), String> {
     let full: usize =
         groups.iter().map(|p| messages_for(p, tz, rc, &mentions(config, rc, p)).len()).sum();
     let compact = split(&render::adapt(compact::compact(&groups, tz, limit), rc.msgtype), limit);
-    let budget = digest::budget_within(rc.rate, rc.max_delay);
+    // As from an idle robot: the relay subtracts what its limiter has already spent.
+    let budget = digest::capacity(rc.rate, &[], rc.max_delay);
     let layout = match digest::choose(full, compact.len(), budget) {
         digest::Layout::Full => "full",
         digest::Layout::Compact => "compact",

@@ -355,11 +355,40 @@ pub enum Layout {
     Digest,
 }
 
-/// Messages a robot may send within `max_delay` starting with a fresh budget: one window's
-/// worth now and one more at each window boundary up to `max_delay`.
-pub fn budget_within(rate: Rate, max_delay: Duration) -> u64 {
-    let windows = max_delay.as_nanos() / rate.window.as_nanos().max(1);
-    u64::from(rate.messages).saturating_mul(1 + windows.min(u128::from(u32::MAX)) as u64)
+/// Most sends [`capacity`] counts: beyond this a budget is plenty whatever is pending, and the
+/// count stays cheap with absurd rates.
+const CAPACITY_MAX: u64 = 1_000_000;
+
+/// How many messages a robot may send from now until `within` from now, sending each as soon
+/// as its budget allows, given how long ago its recent sends finished (`sent_ago`). The rule is
+/// the outbox limiter's: at most `rate.messages` sends finished within the window plus a
+/// margin of 1/30 of it. With no history and 20/60s: 20 now and 20 more after 62 s, so 40
+/// within 2 minutes.
+pub fn capacity(rate: Rate, sent_ago: &[Duration], within: Duration) -> u64 {
+    let span = (rate.window + rate.window / 30).as_nanos().max(1) as i128;
+    let max = rate.messages.max(1) as usize;
+    let within = within.as_nanos() as i128;
+    let mut log: Vec<i128> =
+        sent_ago.iter().map(|d| -(d.as_nanos() as i128)).filter(|t| *t > -span).collect();
+    log.sort_unstable();
+    let mut log: std::collections::VecDeque<i128> = log.into();
+    let (mut t, mut sent) = (0i128, 0u64);
+    while sent < CAPACITY_MAX {
+        while log.front().is_some_and(|&first| t - first >= span) {
+            log.pop_front();
+        }
+        if log.len() < max {
+            log.push_back(t);
+            sent += 1;
+            continue;
+        }
+        // Full: the next send waits for the oldest blocking one to leave the window.
+        t = log[log.len() - max] + span;
+        if t > within {
+            break;
+        }
+    }
+    sent
 }
 
 /// Full when it fits the budget, else compact when that fits, else the digest (two messages:
@@ -572,10 +601,25 @@ mod tests {
     #[test]
     fn layout_choice_follows_the_budget() {
         let rate = Rate { messages: 20, window: Duration::from_secs(60) };
-        assert_eq!(budget_within(rate, Duration::from_secs(120)), 60);
-        assert_eq!(budget_within(rate, Duration::from_secs(30)), 20);
-        let fast = Rate { messages: 20, window: Duration::from_secs(6) };
-        assert_eq!(budget_within(fast, Duration::from_secs(12)), 60);
+        let secs = Duration::from_secs;
+        // Fresh: 20 now, 20 after 62 s (window + 1/30 margin), 20 after 124 s.
+        assert_eq!(capacity(rate, &[], secs(30)), 20);
+        assert_eq!(capacity(rate, &[], secs(120)), 40);
+        assert_eq!(capacity(rate, &[], secs(124)), 60);
+        // The bench: 20 per 6 s and 12 s of max-delay.
+        let fast = Rate { messages: 20, window: secs(6) };
+        assert_eq!(capacity(fast, &[], secs(12)), 40);
+        // A spent budget: 20 sends 10 s ago free up 52 s from now.
+        let spent = [secs(10); 20];
+        assert_eq!(capacity(rate, &spent, secs(30)), 0);
+        assert_eq!(capacity(rate, &spent, secs(52)), 20);
+        // Half spent long ago, half recently.
+        let mixed: Vec<Duration> = (0..20).map(|i| secs(if i < 10 { 63 } else { 5 })).collect();
+        assert_eq!(capacity(rate, &mixed, secs(0)), 10);
+        assert_eq!(capacity(rate, &mixed, secs(57)), 20);
+        // Absurd rates stay bounded.
+        let silly = Rate { messages: u32::MAX, window: Duration::from_nanos(1) };
+        assert_eq!(capacity(silly, &[], secs(1_000_000_000)), CAPACITY_MAX);
         assert_eq!(choose(3, 1, 20), Layout::Full);
         assert_eq!(choose(108, 12, 60), Layout::Compact);
         assert_eq!(choose(800, 120, 60), Layout::Digest);
