@@ -591,6 +591,49 @@ mod tests {
         assert!(file.ends_with(&format!("另有 {} 条未列出（文件大小上限）。\n", 1000 - rows)));
     }
 
+    /// Random storms (a fixed-seed generator: odd Unicode, long values, many names, random
+    /// limits): the digest always fits and its rows and "另有" lines count every alert once.
+    #[test]
+    fn random_storms_always_fit_and_count_everything() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let pieces = ["a", "长", "🔥", "<", "|", "*", "\n", " ", "x_y", "Ünï"];
+        for round in 0..40 {
+            let mut word = |max: usize| -> String {
+                (0..1 + next(max)).map(|_| pieces[next(pieces.len())]).collect()
+            };
+            let mut groups = storm(1 + round % 5, 1 + round * 7, round % 10);
+            for a in groups.iter_mut().flat_map(|g| g.alerts.iter_mut()) {
+                a.labels.0[0].1 = word(if round % 2 == 0 { 4 } else { 80 });
+                a.labels.0[3].1 = word(3);
+            }
+            let limit = 500 + next(3_600);
+            let md = digest(&groups, CST, "alerts-20261202-1030.md", limit).to_markdown();
+            assert!(md.len() <= limit, "round {round}: {} > {limit}", md.len());
+            let total: usize = groups.iter().map(|g| g.alerts.len()).sum();
+            let shown: usize = md
+                .lines()
+                .filter(|l| l.starts_with("> ") && l.ends_with("**") && l.contains(" · **"))
+                .filter_map(|l| l.rsplit("**").nth(1)?.parse::<usize>().ok())
+                .sum();
+            let more: usize = md
+                .lines()
+                .filter_map(|l| l.strip_prefix("> … 另有 "))
+                .filter_map(|l| l.split("共 ").nth(1)?.strip_suffix(" 条")?.parse::<usize>().ok())
+                .sum();
+            let blocks = md.contains("**告警中**") || md.contains("**已恢复**");
+            if blocks && limit >= 1500 {
+                assert_eq!(shown + more, total, "round {round}, limit {limit}:\n{md}");
+            }
+            assert!(md.contains(&format!("共 {total} 条")), "{md}");
+        }
+    }
+
     #[test]
     fn severities_rank_critical_first() {
         let mut words = ["info", "", "warning", "严重", "bogus", "error", "CRITICAL"];
