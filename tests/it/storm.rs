@@ -336,3 +336,45 @@ fn max_delay_from_flag_and_config_file() {
     assert_eq!(code, Some(2));
     assert!(err.contains("invalid WEIXIN_ROBOT_MAX_DELAY (environment)"), "{err}");
 }
+
+/// A `text` robot gets its digest and compact messages in plain text within 2,048 bytes; with
+/// no file (or `-`) the payload comes from stdin.
+#[test]
+fn render_digest_for_a_text_robot_and_from_stdin() {
+    let dir = TempDir::new("digest-text");
+    let files = storm_files(&dir);
+    let config = dir.path().join("robots.toml");
+    std::fs::write(&config, "[robots.plain]\nkey = \"k\"\nmsgtype = \"text\"\n").expect("write");
+    let mut args = vec!["render", "--digest", "--config", config.to_str().expect("utf8")];
+    args.extend(files.iter().map(String::as_str));
+    let (code, out, err) = run_to_exit(&args, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let parts = sections(&out);
+    let messages: Vec<&(String, String)> =
+        parts.iter().filter(|(h, _)| !h.starts_with("----- file")).collect();
+    assert!(messages.len() > 2);
+    for (head, text) in messages {
+        assert!(text.len() <= 2048 + 1, "{head}: {}", text.len());
+        assert!(
+            !text.contains("<font") && !text.contains("**") && !text.contains("\n> "),
+            "{text}"
+        );
+    }
+    assert!(parts[0].1.starts_with("告警汇总 共 300 条\n"), "{}", parts[0].1);
+
+    for stdin_args in [vec!["render", "--digest"], vec!["render", "--digest", "-"]] {
+        let mut child = crate::util::relay_command()
+            .args(&stdin_args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let body = std::fs::read(&files[0]).expect("read");
+        child.stdin.take().expect("stdin").write_all(&body).expect("write");
+        let out = child.wait_with_output().expect("output");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("30 alerts in 1 groups"), "{err}");
+    }
+}
