@@ -609,6 +609,34 @@ mod tests {
         assert_eq!(safe_file_name("\"\""), "alerts.md");
     }
 
+    /// Sizes outside 5 B–20 MB are refused before any connection: the URL points at a port
+    /// nothing listens on, so an attempt would be a transport error instead.
+    #[test]
+    fn upload_size_is_checked_before_sending() -> Result<(), String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let url =
+            WebhookUrl::parse(&format!("http://127.0.0.1:{port}/cgi-bin/webhook/send?key=K"))?;
+        let client = Client::new(Duration::from_secs(2), None)?;
+        for size in [0, MEDIA_MIN_BYTES - 1, MEDIA_MAX_BYTES + 1] {
+            let (result, _) = client.upload_media(&url, "a.md", &vec![b'x'; size]);
+            match result {
+                Err(SendError::MediaSize(n)) => assert_eq!(n, size),
+                other => panic!("{size} bytes: {other:?}"),
+            }
+        }
+        let (result, _) = client.upload_media(&url, "a.md", b"12345");
+        match result {
+            Err(e @ SendError::Transport(_)) => {
+                assert!(!e.to_string().contains("key=K"), "the key in an error: {e}")
+            }
+            other => panic!("5 bytes to a closed port: {other:?}"),
+        }
+        Ok(())
+    }
+
     #[test]
     fn upload_answers_and_file_body() {
         let ok = br#"{"errcode":0,"errmsg":"ok","type":"file","media_id":"3a8asd892","created_at":"1380000000"}"#;
