@@ -363,7 +363,8 @@ pub enum Source {
 }
 
 /// What the user typed, before any checking. Missing means "not given" (flag nor env).
-#[derive(Clone, Default, Debug)]
+/// `Debug` is written by hand: the values include `--key`, a secret.
+#[derive(Clone, Default)]
 pub struct RawArgs {
     pub command: Command,
     pub help: bool,
@@ -375,6 +376,24 @@ pub struct RawArgs {
     /// `send-test --with-file`: also try the file path.
     pub with_file: bool,
     values: Vec<(&'static str, String, Source)>,
+}
+
+impl std::fmt::Debug for RawArgs {
+    /// Names each given flag and where it came from, never its value: `--key` is a secret and
+    /// other values (paths, URLs) are not worth the risk of a `{:?}` in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let given: Vec<(&str, Source)> = self.values.iter().map(|(n, _, s)| (*n, *s)).collect();
+        f.debug_struct("RawArgs")
+            .field("command", &self.command)
+            .field("help", &self.help)
+            .field("version", &self.version)
+            .field("dry_run", &self.dry_run)
+            .field("allow_key_param", &self.allow_key_param)
+            .field("digest", &self.digest)
+            .field("with_file", &self.with_file)
+            .field("given", &given)
+            .finish()
+    }
 }
 
 /// What to do: run the relay (the default), or one of the helper commands.
@@ -765,6 +784,16 @@ pub fn help_text(command: Option<&str>) -> String {
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn debug_never_shows_a_value() -> Result<(), Error> {
+        let secret = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=s3cr3t-debug";
+        let raw = parse_args(vec!["--key".into(), secret.into(), "--port=7000".into()], &|_| None)?;
+        let shown = format!("{raw:?}");
+        assert!(shown.contains("--key") && shown.contains("--port"), "{shown}");
+        assert!(!shown.contains("s3cr3t") && !shown.contains("7000"), "{shown}");
+        Ok(())
+    }
 
     /// The README's flag table, generated from [`FLAGS`] (a unit test keeps README.md in step).
     pub fn markdown_table() -> String {

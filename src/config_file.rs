@@ -31,8 +31,8 @@ pub struct MentionEntry {
     pub mobile_label: Option<String>,
 }
 
-/// One `[robots.NAME]` table, unchecked.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// One `[robots.NAME]` table, unchecked. `Debug` is written by hand: `key` is a secret.
+#[derive(Default, PartialEq, Eq)]
 pub struct RobotEntry {
     pub name: String,
     pub key: Option<String>,
@@ -44,6 +44,21 @@ pub struct RobotEntry {
     pub template: Option<PathBuf>,
     /// Mentioned on every notification with a firing alert.
     pub mention: MentionEntry,
+}
+
+impl std::fmt::Debug for RobotEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("RobotEntry")
+            .field("name", &self.name)
+            .field("key", &self.key.as_ref().map(|_| "***"))
+            .field("key_file", &self.key_file)
+            .field("rate", &self.rate)
+            .field("max_delay", &self.max_delay)
+            .field("msgtype", &self.msgtype)
+            .field("template", &self.template)
+            .field("mention", &self.mention)
+            .finish()
+    }
 }
 
 /// One `[[mentions]]` table: mention these people when a firing alert has `label = value`.
@@ -299,6 +314,14 @@ mod tests {
         assert_eq!(c.robots[1].name, "dba");
         assert_eq!(c.robots[1].key_file.as_deref(), Some(Path::new("/etc/k")));
         assert_eq!(c.robots[1].max_delay.as_deref(), Some("30s"));
+        Ok(())
+    }
+
+    #[test]
+    fn debug_hides_the_key() -> Result<(), String> {
+        let c = parse("[robots.ops]\nkey = \"https://h/send?key=s3cr3t-entry\"\n")?;
+        let shown = format!("{:?}", c.robots);
+        assert!(shown.contains("ops") && !shown.contains("s3cr3t"), "{shown}");
         Ok(())
     }
 
