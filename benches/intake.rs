@@ -1,21 +1,55 @@
 //! Intake speed, memory and start-up of the relay, driven by `wrk` over loopback, with the
-//! fake WeCom server from the integration tests receiving deliveries. Prints markdown tables;
-//! asserts nothing. Run through `benches/run.sh` (which builds the static binary and sets
-//! WEIXIN_ROBOT_BIN) or directly: `cargo bench --bench intake`.
+//! fake WeCom server from the integration tests receiving deliveries. Every intake figure is
+//! also given as a ratio to a bare may_minihttp server (`benches/bare.rs`) measured in the same
+//! run, interleaved with the relay's runs: on a shared machine the absolute figures wander, the
+//! ratios much less. Prints markdown tables; asserts nothing.
+//!
+//! Run through `benches/run.sh`, or directly: `cargo bench --bench intake`, with
+//! - `WEIXIN_ROBOT_BINS="musl=dist/a glibc=target/release/weixin-robot"`: the builds to compare
+//!   (label=path, space separated; default `WEIXIN_ROBOT_BIN` or the cargo-built binary);
+//! - `WEIXIN_ROBOT_BARE_BIN`: the bare server (ratios are left out without it);
+//! - `BENCH_SECONDS` per wrk run (default 5), `BENCH_RUNS` runs per figure, median (default 3);
+//! - `BENCH_NEW=0` to measure duplicates only, `BENCH_ALERTS="1 50"`, `BENCH_CONNECTIONS="1 16 64"`.
 
 #[path = "../tests/it/util.rs"]
 mod util;
 
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use util::*;
 
+#[derive(Clone, Copy, Default)]
 struct WrkResult {
-    rps: String,
-    p50: String,
-    p99: String,
-    non_2xx: String,
+    rps: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn env_list(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
+/// wrk's latency figures ("812.00us", "2.26ms", "1.02s") in milliseconds.
+fn millis(text: &str) -> f64 {
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (text, f64::NAN)
+    };
+    number.parse::<f64>().map(|n| n * factor).unwrap_or(f64::NAN)
 }
 
 /// Runs wrk with a Lua script that posts `body` (and, when `unique`, rewrites the group key and
@@ -23,7 +57,7 @@ struct WrkResult {
 fn wrk(
     addr: std::net::SocketAddr,
     body: &str,
-    connections: u32,
+    connections: usize,
     seconds: u32,
     unique: bool,
 ) -> WrkResult {
@@ -56,16 +90,8 @@ end
     std::fs::write(&script, lua).expect("lua");
     let threads = connections.min(2).to_string();
     let out = Command::new("wrk")
-        .args([
-            "-t",
-            &threads,
-            "-c",
-            &connections.to_string(),
-            "-d",
-            &format!("{seconds}s"),
-            "--latency",
-            "-s",
-        ])
+        .args(["-t", &threads, "-c", &connections.to_string(), "-d", &format!("{seconds}s")])
+        .args(["--latency", "-s"])
         .arg(&script)
         .arg(format!("http://{addr}/alertinfo"))
         .output()
@@ -74,18 +100,28 @@ end
     let find = |prefix: &str| {
         text.lines()
             .find_map(|l| {
-                l.trim()
-                    .strip_prefix(prefix)
-                    .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+                l.trim().strip_prefix(prefix).map(|v| v.split_whitespace().next().unwrap_or(""))
             })
-            .unwrap_or_else(|| "-".into())
+            .unwrap_or("")
+            .to_string()
     };
     WrkResult {
-        rps: find("Requests/sec:"),
-        p50: find("50%"),
-        p99: find("99%"),
-        non_2xx: find("Non-2xx or 3xx responses:").replace('-', "0"),
+        rps: find("Requests/sec:").parse().unwrap_or(0.0),
+        p99_ms: millis(&find("99%")),
+        non_2xx: find("Non-2xx or 3xx responses:").parse().unwrap_or(0),
     }
+}
+
+/// The median run by requests per second, with the median p99 of the runs.
+fn median(mut runs: Vec<WrkResult>) -> WrkResult {
+    if runs.is_empty() {
+        return WrkResult::default();
+    }
+    let mid = runs.len() / 2;
+    let mut p99: Vec<f64> = runs.iter().map(|r| r.p99_ms).collect();
+    p99.sort_by(f64::total_cmp);
+    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    WrkResult { p99_ms: p99[mid], non_2xx: runs.iter().map(|r| r.non_2xx).sum(), ..runs[mid] }
 }
 
 fn payload_with(alerts: usize) -> String {
@@ -95,43 +131,62 @@ fn payload_with(alerts: usize) -> String {
     String::from_utf8(payload("bench-UNIQ", &a)).expect("utf8")
 }
 
-/// One table: 1- and 50-alert payloads at 1, 16 and 64 connections. Returns the peak RSS.
-fn table(relay: &Relay, seconds: u32, unique: bool, non_2xx: &str) -> u64 {
-    println!(
-        "| alerts/notification | connections | req/s | p50 | p99 | {non_2xx} | RSS after run |"
-    );
-    println!("|---|---|---|---|---|---|---|");
-    let mut peak = 0;
-    for alerts in [1usize, 50] {
-        let body = payload_with(alerts);
-        for c in [1u32, 16, 64] {
-            let r = wrk(relay.addr, &body, c, seconds, unique);
-            let rss = rss_kib(relay.child.id());
-            peak = peak.max(rss);
-            println!(
-                "| {alerts} | {c} | {} | {} | {} | {} | {rss} KiB |",
-                r.rps, r.p50, r.p99, r.non_2xx
-            );
-        }
-    }
-    peak
+/// One relay build under test: a process answering duplicates (real defaults) and, unless
+/// only duplicates are measured, one whose every notification is new (budget lifted).
+struct Build {
+    label: String,
+    dup: Relay,
+    new: Option<Relay>,
+    idle_kib: u64,
+    peak_kib: u64,
+    results: Vec<((usize, usize, bool), WrkResult)>,
 }
 
-fn main() {
-    let seconds: u32 =
-        std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let bin = std::env::var("WEIXIN_ROBOT_BIN").unwrap_or_else(|_| BIN.to_string());
-    println!("binary: {bin} ({} bytes)", std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0));
+fn start_relay(bin: &str, args: &[&str]) -> Relay {
+    // Relay::start reads the binary from the environment; the bench is single-threaded here.
+    std::env::set_var("WEIXIN_ROBOT_BIN", bin);
+    Relay::start(args)
+}
 
-    // Start-up: spawn to first 200 on /healthz, best of 10.
+struct Bare {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Bare {
+    fn start(bin: &str) -> Bare {
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the bare server");
+        let addr = ([127, 0, 0, 1], port).into();
+        wait_until(Duration::from_secs(10), "bare server listening", || {
+            raw_request(addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .is_ok_and(|r| r.status == 200)
+        });
+        Bare { child, addr }
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn startup(bin: &str) -> (Duration, Duration) {
+    std::env::set_var("WEIXIN_ROBOT_BIN", bin);
     let mut startups = Vec::new();
     for _ in 0..10 {
         let port = free_port();
         let t = Instant::now();
         let mut child = relay_command()
             .args(["--dry-run", "--listen", "127.0.0.1", "--port", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("spawn");
         let addr = ([127, 0, 0, 1], port).into();
@@ -149,31 +204,132 @@ fn main() {
         let _ = child.wait();
     }
     startups.sort();
-    println!(
-        "\nstart-up to first 200 on /healthz: best {:?}, median {:?}",
-        startups[0],
-        startups[startups.len() / 2]
-    );
+    (startups[0], startups[startups.len() / 2])
+}
+
+fn main() {
+    let seconds: u32 = env_or("BENCH_SECONDS", 5);
+    let runs: usize = env_or("BENCH_RUNS", 3);
+    let with_new = env_or("BENCH_NEW", 1) != 0;
+    let alert_counts = env_list("BENCH_ALERTS", "1 50");
+    let connection_counts = env_list("BENCH_CONNECTIONS", "1 16 64");
+    let specs: Vec<(String, String)> = match std::env::var("WEIXIN_ROBOT_BINS") {
+        Ok(list) => list
+            .split_whitespace()
+            .filter_map(|s| s.split_once('='))
+            .map(|(l, p)| (l.to_string(), p.to_string()))
+            .collect(),
+        Err(_) => vec![(
+            "relay".into(),
+            std::env::var("WEIXIN_ROBOT_BIN").unwrap_or_else(|_| BIN.to_string()),
+        )],
+    };
+    let bare_bin = std::env::var("WEIXIN_ROBOT_BARE_BIN").ok().filter(|b| !b.is_empty());
+
+    println!("| build | binary | bytes | start-up best / median |");
+    println!("|---|---|---|---|");
+    for (label, bin) in &specs {
+        let (best, med) = startup(bin);
+        let bytes = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
+        println!("| {label} | {bin} | {bytes} | {best:.1?} / {med:.1?} |");
+    }
 
     let fake = FakeWeCom::start();
-    // Delivery on, real defaults (dedup 5m, rate 20/60s), logs at info as shipped.
-    let relay = Relay::start(&["--key", &fake.url()]);
-    let pid = relay.child.id();
-    let idle = rss_kib(pid);
-    println!("\nRSS idle: {idle} KiB");
-    println!("\n### Same notification repeated (HA duplicates: parse, hash, answer 200)\n");
-    let mut peak = table(&relay, seconds, false, "non-2xx").max(idle);
-    drop(relay);
+    let url = fake.url();
+    let mut builds: Vec<Build> = specs
+        .into_iter()
+        .map(|(label, bin)| {
+            let dup = start_relay(&bin, &["--key", &url]);
+            let new = with_new.then(|| start_relay(&bin, &["--key", &url, "--rate", "1000000/1s"]));
+            let idle_kib = rss_kib(dup.child.id());
+            Build { label, dup, new, idle_kib, peak_kib: idle_kib, results: Vec::new() }
+        })
+        .collect();
+    let bare = bare_bin.as_deref().map(Bare::start);
 
-    // Every notification new: parse, render, split, enqueue, then packed and sent to the fake
-    // as fast as it takes them (budget lifted). 503s show where the outbox filled up.
-    let relay = Relay::start(&["--key", &fake.url(), "--rate", "1000000/1s"]);
-    let pid = relay.child.id();
-    println!("\n### Every notification new (rendered, queued, delivered to the fake)\n");
-    peak = peak.max(table(&relay, seconds, true, "non-2xx (503: outbox full)"));
-    wait_until(Duration::from_secs(120), "outbox drained", || {
-        relay.metrics().contains("weixin_robot_outbox_messages{robot=\"default\"} 0")
-    });
-    std::thread::sleep(Duration::from_secs(1));
-    println!("\nRSS peak under load: {peak} KiB; after the outbox drained: {} KiB", rss_kib(pid));
+    // Interleaved: for each figure, run i of the bare server, then run i of every build.
+    let mut bare_results = Vec::new();
+    for &alerts in &alert_counts {
+        let body = payload_with(alerts);
+        for &c in &connection_counts {
+            let mut bare_runs = Vec::new();
+            let mut build_runs: Vec<Vec<(bool, WrkResult)>> = vec![Vec::new(); builds.len()];
+            for _ in 0..runs {
+                if let Some(b) = &bare {
+                    bare_runs.push(wrk(b.addr, &body, c, seconds, false));
+                }
+                for (i, b) in builds.iter_mut().enumerate() {
+                    build_runs[i].push((false, wrk(b.dup.addr, &body, c, seconds, false)));
+                    b.peak_kib = b.peak_kib.max(rss_kib(b.dup.child.id()));
+                    if let Some(new) = &b.new {
+                        build_runs[i].push((true, wrk(new.addr, &body, c, seconds, true)));
+                        b.peak_kib = b.peak_kib.max(rss_kib(new.child.id()));
+                        // Let the sender empty the outbox so it does not slow the next run.
+                        wait_until(Duration::from_secs(120), "outbox drained", || {
+                            new.metrics()
+                                .contains("weixin_robot_outbox_messages{robot=\"default\"} 0\n")
+                        });
+                    }
+                }
+            }
+            bare_results.push(((alerts, c), median(bare_runs)));
+            for (b, runs) in builds.iter_mut().zip(build_runs) {
+                for unique in [false, true] {
+                    let these: Vec<WrkResult> =
+                        runs.iter().filter(|(u, _)| *u == unique).map(|(_, r)| *r).collect();
+                    if !these.is_empty() {
+                        b.results.push(((alerts, c, unique), median(these)));
+                    }
+                }
+            }
+        }
+    }
+
+    println!(
+        "\nwrk -t2 (-t1 at 1 connection), {seconds} s per run, median of {runs} runs; \
+         load before/after: see run.sh. `ratio` = relay req/s / bare server req/s, same run.\n"
+    );
+    println!(
+        "| build | alerts | conns | bare req/s | bare p99 | dup req/s | dup p99 | dup ratio | \
+         new req/s | new p99 | new ratio | new non-2xx (503) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for b in &builds {
+        for ((alerts, c), bare) in &bare_results {
+            let get = |unique| {
+                b.results
+                    .iter()
+                    .find(|((a, cc, u), _)| a == alerts && cc == c && *u == unique)
+                    .map(|(_, r)| *r)
+            };
+            let ratio = |r: &WrkResult| {
+                if bare.rps > 0.0 {
+                    format!("{:.2}", r.rps / bare.rps)
+                } else {
+                    "-".into()
+                }
+            };
+            let cell = |r: Option<WrkResult>| match r {
+                Some(r) => format!("{:.0} | {:.2} ms | {}", r.rps, r.p99_ms, ratio(&r)),
+                None => "- | - | -".into(),
+            };
+            let new = get(true);
+            println!(
+                "| {} | {alerts} | {c} | {:.0} | {:.2} ms | {} | {} | {} |",
+                b.label,
+                bare.rps,
+                bare.p99_ms,
+                cell(get(false)),
+                cell(new),
+                new.map(|r| r.non_2xx.to_string()).unwrap_or_else(|| "-".into()),
+            );
+        }
+    }
+    println!("\n| build | RSS idle | RSS peak under load | RSS after load (drained) |");
+    println!("|---|---|---|---|");
+    for b in &builds {
+        let after =
+            rss_kib(b.dup.child.id()).max(b.new.as_ref().map_or(0, |n| rss_kib(n.child.id())));
+        println!("| {} | {} KiB | {} KiB | {after} KiB |", b.label, b.idle_kib, b.peak_kib);
+    }
 }
