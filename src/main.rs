@@ -38,6 +38,17 @@ use may_minihttp::HttpServiceFactory;
 use crate::cli::RawArgs;
 use crate::config::Config;
 
+// musl's malloc serialises every allocation behind one lock, which cost the static binary
+// half of its intake speed and more; BENCHMARKS.md has the measurements behind the pick.
+// Features `alloc-mimalloc` (default) and `alloc-jemalloc` choose; glibc builds keep glibc's
+// malloc. mimalloc is built with transparent huge pages off (.cargo/config.toml).
+#[cfg(all(target_env = "musl", feature = "alloc-mimalloc"))]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(target_env = "musl", feature = "alloc-jemalloc", not(feature = "alloc-mimalloc")))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Coroutine stack in machine words (128 KiB on 64-bit). JSON depth is capped at
 /// `intake::MAX_JSON_DEPTH` (16) before serde_json recurses; measured in a debug build (the
 /// larger frames), this stack overflows only past about 60 levels. An overflow ends the
