@@ -6,6 +6,9 @@
 #[allow(dead_code)]
 #[path = "../src/alertmanager.rs"]
 mod alertmanager;
+#[allow(dead_code)]
+#[path = "../src/time.rs"]
+mod time;
 #[path = "../tests/it/util.rs"]
 mod util;
 
