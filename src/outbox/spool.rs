@@ -12,6 +12,10 @@
 //!   worker); no disk work runs on a coroutine or under the outbox lock.
 //! - A file is deleted when every record in it was released by the queue (delivered, replaced
 //!   by a newer state or given up): at-least-once, a crash between send and delete resends.
+//!   A record released while others in its file are pending is appended to the ledger
+//!   `queue/released.ids` (one ID a line, not fsynced: a lost line only means one resend), and
+//!   recovery skips it: a restart never replays what was delivered. The ledger is rewritten at
+//!   open and removed once no file holds a released record.
 //! - Record IDs are monotonic: recovery continues after the highest ID on disk and replays in
 //!   ID order, which is arrival order. Directories created here are fsynced into their parents.
 //!
@@ -32,7 +36,7 @@
 //!
 //! Directory layout under a robot's directory: `queue/`, `failed/`, `corrupt/`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -120,36 +124,105 @@ pub struct Spool {
 
 struct Dirs {
     queue: PathBuf,
+    /// Released records whose file is still there (see the module doc).
+    ledger: PathBuf,
     failed: PathBuf,
     corrupt: PathBuf,
 }
 
 /// The writer thread's own books: which file holds which record.
+#[derive(Default)]
 struct Files {
     path: HashMap<u64, PathBuf>,
     live: HashMap<u64, usize>,
     file_of: HashMap<u64, u64>,
+    /// Every record of a file, to drop its released ones from the ledger when it goes.
+    records: HashMap<u64, Vec<u64>>,
+    /// Released records whose file is still there: what the ledger must hold.
+    released: HashSet<u64>,
+    /// Lines in the ledger file (grows until it is rewritten).
+    ledger_lines: usize,
 }
 
 impl Files {
-    fn add(&mut self, file: u64, path: PathBuf, records: &[u64]) {
+    /// Records a file; `all` is every record in it, `released` those already released.
+    fn add(&mut self, file: u64, path: PathBuf, all: &[u64], released: &HashSet<u64>) {
+        let live: Vec<u64> = all.iter().copied().filter(|r| !released.contains(r)).collect();
         self.path.insert(file, path);
-        self.live.insert(file, records.len());
-        for r in records {
+        self.live.insert(file, live.len());
+        for r in &live {
             self.file_of.insert(*r, file);
         }
+        self.released.extend(all.iter().filter(|r| released.contains(r)));
+        self.records.insert(file, all.to_vec());
     }
 
-    /// Forgets a record; returns the file to delete when it was the last in it.
-    fn release(&mut self, record: u64) -> Option<PathBuf> {
+    /// Forgets a record; returns the file to delete when it was the last in it, or else
+    /// `None` and the record goes to the ledger (`to_ledger`).
+    fn release(&mut self, record: u64, to_ledger: &mut String) -> Option<PathBuf> {
         let file = self.file_of.remove(&record)?;
         let live = self.live.get_mut(&file)?;
         *live = live.saturating_sub(1);
         if *live > 0 {
+            self.released.insert(record);
+            self.ledger_lines += 1;
+            to_ledger.push_str(&format!("{record}\n"));
             return None;
         }
         self.live.remove(&file);
+        for r in self.records.remove(&file).unwrap_or_default() {
+            self.released.remove(&r);
+        }
         self.path.remove(&file)
+    }
+
+    /// Rewrites the ledger to what it must hold (removes it when nothing), once files are
+    /// gone. Called after the deletes, so a crash in between only leaves stale lines, which
+    /// the next open drops.
+    fn compact_ledger(&mut self, dirs: &Dirs, force: bool) -> io::Result<()> {
+        if self.released.is_empty() {
+            if self.ledger_lines > 0 || force {
+                self.ledger_lines = 0;
+                remove_if_there(&dirs.ledger)?;
+                // At open this must be durable: the next IDs may reuse the stale ones.
+                if force {
+                    sync_dir(&dirs.queue)?;
+                }
+            }
+            return Ok(());
+        }
+        if !force && self.ledger_lines <= 2 * self.released.len() + 1024 {
+            return Ok(());
+        }
+        let mut ids: Vec<u64> = self.released.iter().copied().collect();
+        ids.sort_unstable();
+        let text: String = ids.iter().map(|id| format!("{id}\n")).collect();
+        write_durable(&dirs.queue, &dirs.ledger, text.as_bytes())?;
+        self.ledger_lines = ids.len();
+        Ok(())
+    }
+}
+
+fn remove_if_there(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Appends released IDs to the ledger. Not fsynced: a lost line only means one resend.
+fn append_ledger(path: &Path, text: &str) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// The released IDs the ledger holds (none when it does not exist). A torn last line is
+/// skipped: that record is only sent once more.
+fn read_ledger(path: &Path) -> io::Result<HashSet<u64>> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(HashSet::new()),
+        Err(e) => Err(e),
     }
 }
 
@@ -200,6 +273,7 @@ impl Spool {
     pub fn open(dir: &Path, robot: &str) -> Result<(Spool, Recovered), Error> {
         let dirs = Dirs {
             queue: dir.join("queue"),
+            ledger: dir.join("queue").join("released.ids"),
             failed: dir.join("failed"),
             corrupt: dir.join("corrupt"),
         };
@@ -207,8 +281,7 @@ impl Spool {
             create_dir_durable(d)?;
         }
         probe(&dirs.queue).map_err(ctx(|| format!("writing to {}", dirs.queue.display())))?;
-        let mut files =
-            Files { path: HashMap::new(), live: HashMap::new(), file_of: HashMap::new() };
+        let mut files = Files::default();
         let recovered = recover(&dirs, &mut files)?;
         let shared = Arc::new(Shared {
             jobs: Mutex::new(Jobs::default()),
@@ -315,7 +388,7 @@ fn write_loop(shared: &Shared, dirs: &Dirs, mut files: Files) {
             let answer = match &result {
                 Ok(()) => {
                     let ids: Vec<u64> = jobs.writes.iter().map(|w| w.id).collect();
-                    files.add(first, path.clone(), &ids);
+                    files.add(first, path.clone(), &ids, &HashSet::new());
                     if !shared.healthy.swap(true, Ordering::Relaxed) {
                         log::info!("spool takes writes again dir={}", dirs.queue.display());
                     }
@@ -335,8 +408,11 @@ fn write_loop(shared: &Shared, dirs: &Dirs, mut files: Files) {
                 let _ = w.done.send(answer.clone());
             }
         }
+        let mut to_ledger = String::new();
+        let mut deleted = false;
         for id in jobs.removes {
-            if let Some(path) = files.release(id) {
+            if let Some(path) = files.release(id, &mut to_ledger) {
+                deleted = true;
                 if let Err(e) = fs::remove_file(&path) {
                     if e.kind() != io::ErrorKind::NotFound {
                         log::error!(
@@ -345,6 +421,19 @@ fn write_loop(shared: &Shared, dirs: &Dirs, mut files: Files) {
                         );
                     }
                 }
+            }
+        }
+        if !to_ledger.is_empty() {
+            if let Err(e) = append_ledger(&dirs.ledger, &to_ledger) {
+                log::error!(
+                    "recording delivered notifications file={} error=\"{e}\"",
+                    dirs.ledger.display()
+                );
+            }
+        }
+        if deleted {
+            if let Err(e) = files.compact_ledger(dirs, false) {
+                log::error!("rewriting file={} error=\"{e}\"", dirs.ledger.display());
             }
         }
         let unix = unix_now();
@@ -389,6 +478,8 @@ fn recover(dirs: &Dirs, files: &mut Files) -> Result<Recovered, Error> {
     let mut records = Vec::new();
     let mut corrupt = 0;
     let mut rewrite: Vec<Record> = Vec::new();
+    let released =
+        read_ledger(&dirs.ledger).map_err(ctx(|| format!("reading {}", dirs.ledger.display())))?;
     let entries =
         fs::read_dir(&dirs.queue).map_err(ctx(|| format!("reading {}", dirs.queue.display())))?;
     let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
@@ -420,19 +511,22 @@ fn recover(dirs: &Dirs, files: &mut Files) -> Result<Recovered, Error> {
                 path.display(),
                 good.len()
             );
-            rewrite.extend(good);
+            rewrite.extend(good.into_iter().filter(|r| !released.contains(&r.id())));
             if let Some(name) = path.file_name() {
                 let _ = fs::rename(&path, dirs.corrupt.join(name));
             }
             continue;
         }
         let ids: Vec<u64> = good.iter().map(Record::id).collect();
-        if let Some(first) = ids.first() {
-            files.add(*first, path.clone(), &ids);
-        } else {
-            let _ = fs::remove_file(&path);
+        let pending: Vec<Record> =
+            good.into_iter().filter(|r| !released.contains(&r.id())).collect();
+        match ids.first() {
+            Some(first) if !pending.is_empty() => files.add(*first, path.clone(), &ids, &released),
+            _ => {
+                let _ = fs::remove_file(&path);
+            }
         }
-        records.extend(good);
+        records.extend(pending);
     }
     // Good records from a corrupt file get a file of their own again.
     if !rewrite.is_empty() {
@@ -450,9 +544,14 @@ fn recover(dirs: &Dirs, files: &mut Files) -> Result<Recovered, Error> {
         write_durable(&dirs.queue, &path, &bytes)
             .map_err(ctx(|| format!("writing {}", path.display())))?;
         let ids: Vec<u64> = rewrite.iter().map(Record::id).collect();
-        files.add(first, path, &ids);
+        files.add(first, path, &ids, &HashSet::new());
         records.extend(rewrite);
     }
+    // Only IDs of files still there stay: the next ID may reuse a stale one.
+    files.ledger_lines = released.len();
+    files
+        .compact_ledger(dirs, true)
+        .map_err(ctx(|| format!("writing {}", dirs.ledger.display())))?;
     records.sort_by_key(Record::id);
     Ok(Recovered { records, corrupt })
 }
@@ -583,6 +682,49 @@ mod tests {
         // A file goes only when all its records went, so 3 may survive with its batch.
         let got: Vec<Record> = rec.records.into_iter().filter(|r| r.id() != 3).collect();
         assert_eq!(got, expected);
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// Commits records as one group-commit batch (one file), as concurrent intake does.
+    fn commit_batch(spool: &Spool, records: &[Record]) {
+        let mut waits = Vec::new();
+        {
+            let mut jobs = spool.jobs();
+            for r in records {
+                if let Record::Body { id, created_unix, body } = r {
+                    let (tx, rx) = may::sync::mpsc::channel();
+                    let frame = frame_v2(*id, *created_unix, body);
+                    jobs.writes.push(WriteJob { id: *id, frame, done: tx });
+                    waits.push(rx);
+                }
+            }
+        }
+        spool.shared.wake.notify_one();
+        for rx in waits {
+            assert_eq!(rx.recv().ok(), Some(Ok(())));
+        }
+    }
+
+    #[test]
+    fn released_records_of_a_pending_file_are_not_replayed() -> Result<(), Error> {
+        let dir = temp_dir("ledger");
+        let (spool, _) = Spool::open(&dir, "t")?;
+        // 1 (a firing) shares a file with 2, still pending; 3 (its resolved) has its own.
+        commit_batch(&spool, &[body(1), body(2)]);
+        commit(&spool, &body(3));
+        spool.remove(1);
+        spool.remove(3);
+        spool.close();
+        let (spool, rec) = Spool::open(&dir, "t")?;
+        assert_eq!(rec.records, vec![body(2)]);
+        // Still skipped after a second restart, and gone with its file.
+        spool.close();
+        let (spool, rec) = Spool::open(&dir, "t")?;
+        assert_eq!(rec.records, vec![body(2)]);
+        spool.remove(2);
+        spool.close();
+        assert_eq!(fs::read_dir(dir.join("queue")).map(|d| d.count()).unwrap_or(9), 0);
         let _ = fs::remove_dir_all(&dir);
         Ok(())
     }
