@@ -146,13 +146,14 @@ struct Pending {
     /// Refused once as part of a bigger message: now sent alone.
     solo: bool,
     since: Instant,
+    /// When this identity came into the group (kept by newer states): the order in the
+    /// message. Derived per pending alert, so an alert delivered and back is listed once.
+    arrived: u64,
 }
 
 struct Group {
     meta: Meta,
     alerts: HashMap<String, Pending>,
-    /// Arrival order of identities (may hold identities no longer pending; skipped).
-    order: Vec<String>,
     /// Position in the send order (`Queue::order`).
     seq: u64,
     bytes: u64,
@@ -458,14 +459,7 @@ impl Queue {
             self.order.insert(seq, key.clone());
             self.groups.insert(
                 key.clone(),
-                Group {
-                    meta: meta.clone(),
-                    alerts: HashMap::new(),
-                    order: Vec::new(),
-                    seq,
-                    bytes: 0,
-                    alone: false,
-                },
+                Group { meta: meta.clone(), alerts: HashMap::new(), seq, bytes: 0, alone: false },
             );
         }
         let mut released: Vec<RecordId> = Vec::new();
@@ -476,7 +470,9 @@ impl Queue {
         for (id, alert) in news {
             let bytes = alert_bytes(&alert);
             self.next_version += 1;
+            let arrived = group.alerts.get(&id).map_or(self.next_version, |p| p.arrived);
             let pending = Pending {
+                arrived,
                 alert,
                 version: self.next_version,
                 record,
@@ -485,15 +481,12 @@ impl Queue {
                 since: now,
             };
             *self.records.entry(record).or_insert(0) += 1;
-            match group.alerts.insert(id.clone(), pending) {
-                Some(old) => {
-                    applied.superseded += 1;
-                    group.bytes -= old.bytes;
-                    self.bytes -= old.bytes;
-                    self.alerts -= 1;
-                    released.push(old.record);
-                }
-                None => group.order.push(id),
+            if let Some(old) = group.alerts.insert(id, pending) {
+                applied.superseded += 1;
+                group.bytes -= old.bytes;
+                self.bytes -= old.bytes;
+                self.alerts -= 1;
+                released.push(old.record);
             }
             group.bytes += bytes;
             self.bytes += bytes;
@@ -608,9 +601,6 @@ impl Queue {
                 if let Some(g) = self.groups.remove(gk) {
                     self.order.remove(&g.seq);
                 }
-            } else if g.order.len() > 2 * g.alerts.len() + 16 {
-                let alerts = &g.alerts;
-                g.order.retain(|i| alerts.contains_key(i));
             }
             if outcome == Outcome::Refused {
                 settled.given_up += 1;
@@ -682,12 +672,12 @@ impl Queue {
 fn snap(key: &str, g: &Group) -> GroupSnap {
     let mut firing = Vec::new();
     let mut resolved = Vec::new();
-    for id in &g.order {
-        if let Some(p) = g.alerts.get(id) {
-            match p.alert.status {
-                Status::Firing => firing.push((id, p)),
-                Status::Resolved => resolved.push((id, p)),
-            }
+    let mut arrived: Vec<(&String, &Pending)> = g.alerts.iter().collect();
+    arrived.sort_unstable_by_key(|(_, p)| p.arrived);
+    for (id, p) in arrived {
+        match p.alert.status {
+            Status::Firing => firing.push((id, p)),
+            Status::Resolved => resolved.push((id, p)),
         }
     }
     let any_firing = !firing.is_empty();
@@ -810,6 +800,26 @@ mod tests {
         // A new episode, started after the resolution, is news.
         let refired = alert("x", Status::Firing, 30, None);
         assert!(matches!(q.admit(&payload("g", vec![refired]), now), Ok(Admit::Room(_))));
+    }
+
+    #[test]
+    fn an_alert_delivered_and_back_while_its_group_waits_is_listed_once() {
+        let now = Instant::now();
+        let mut q = Queue::new(limits(100));
+        let _ = offer(&mut q, 1, payload("g", vec![alert("x", Status::Firing, 10, None)]), now);
+        let _ = offer(&mut q, 2, payload("g", vec![alert("y", Status::Firing, 10, None)]), now);
+        // Only x was in the message WeCom took (y came while it was in flight).
+        let mut c = cover_all(&q);
+        c.alerts.retain(|(_, id, _)| id == "x");
+        q.settle(&c, Outcome::Delivered, now);
+        // x fires again (a new episode) while y still waits.
+        let back = payload("g", vec![alert("x", Status::Firing, 30, None)]);
+        assert!(offer(&mut q, 3, back, now).is_ok());
+        let Some(Snapshot::Groups(g)) = q.next(10) else { panic!("nothing pending") };
+        let ids: Vec<&str> = g[0].versions.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["y", "x"]);
+        assert_eq!(g[0].payload.alerts.len(), 2);
+        check(&q);
     }
 
     #[test]
