@@ -149,6 +149,9 @@ struct Pending {
     /// When this identity came into the group (kept by newer states): the order in the
     /// message. Derived per pending alert, so an alert delivered and back is listed once.
     arrived: u64,
+    /// `truncatedAlerts` of the notification that brought this state: a changed count is
+    /// news (more, or fewer, alerts than the message can list).
+    truncated: u64,
 }
 
 struct Group {
@@ -284,7 +287,7 @@ pub struct Queue {
     legacy: VecDeque<LegacyPiece>,
     /// Pending alerts and legacy pieces referring to each record.
     records: HashMap<RecordId, usize>,
-    told: HashMap<u64, (Episode, Instant)>,
+    told: HashMap<u64, (Episode, u64, Instant)>,
     told_order: VecDeque<(Instant, u64)>,
     // Derived totals, kept in step by every change under the caller's one lock.
     bytes: u64,
@@ -350,9 +353,10 @@ impl Queue {
         }
     }
 
-    fn told_state(&self, key: u64, now: Instant) -> Option<Episode> {
-        let (episode, at) = self.told.get(&key)?;
-        (now.saturating_duration_since(*at) < self.limits.dedup_window).then_some(*episode)
+    fn told_state(&self, key: u64, now: Instant) -> Option<(Episode, u64)> {
+        let (episode, truncated, at) = self.told.get(&key)?;
+        (now.saturating_duration_since(*at) < self.limits.dedup_window)
+            .then_some((*episode, *truncated))
     }
 
     /// Would this alert change what the group will be told?
@@ -362,15 +366,19 @@ impl Queue {
         group_key: &str,
         id: &str,
         a: &Alert,
+        truncated: u64,
         now: Instant,
     ) -> bool {
         let new = Episode::of(a);
         if let Some(p) = group.and_then(|g| g.alerts.get(id)) {
             let old = Episode::of(&p.alert);
-            return new.supersedes(&old) && !(new.same(&old) && p.alert == *a);
+            let unchanged = new.same(&old) && p.alert == *a && p.truncated == truncated;
+            return new.supersedes(&old) && !unchanged;
         }
         match self.told_state(told_key(group_key, id), now) {
-            Some(told) => !new.same(&told) && new.supersedes(&told),
+            Some((told, told_truncated)) => {
+                (!new.same(&told) || told_truncated != truncated) && new.supersedes(&told)
+            }
             None => true,
         }
     }
@@ -386,7 +394,8 @@ impl Queue {
         let mut news = 0usize;
         for a in &payload.alerts {
             let id = identity(a);
-            if self.is_news(group, key.unwrap_or(""), &id, a, now) {
+            let truncated = payload.truncated_alerts;
+            if self.is_news(group, key.unwrap_or(""), &id, a, truncated, now) {
                 news += 1;
                 added += alert_bytes(a);
                 replaced += group.and_then(|g| g.alerts.get(&id)).map_or(0, |p| p.bytes);
@@ -438,12 +447,13 @@ impl Queue {
         let key = Queue::group_key(&payload, record);
         let mut applied = Applied::default();
         let meta = Meta::of(&payload);
+        let truncated = meta.truncated_alerts;
         let mut news: Vec<(String, Alert)> = Vec::new();
         {
             let group = self.groups.get(&key);
             for a in payload.alerts {
                 let id = identity(&a);
-                if self.is_news(group, &key, &id, &a, now) {
+                if self.is_news(group, &key, &id, &a, truncated, now) {
                     news.push((id, a));
                 }
             }
@@ -473,6 +483,7 @@ impl Queue {
             let arrived = group.alerts.get(&id).map_or(self.next_version, |p| p.arrived);
             let pending = Pending {
                 arrived,
+                truncated,
                 alert,
                 version: self.next_version,
                 record,
@@ -605,19 +616,19 @@ impl Queue {
             if outcome == Outcome::Refused {
                 settled.given_up += 1;
             } else {
-                self.remember(gk, id, Episode::of(&p.alert), now);
+                self.remember(gk, id, Episode::of(&p.alert), p.truncated, now);
             }
             self.release(p.record, &mut settled.actions);
         }
         settled
     }
 
-    fn remember(&mut self, group: &str, id: &str, episode: Episode, now: Instant) {
+    fn remember(&mut self, group: &str, id: &str, episode: Episode, truncated: u64, now: Instant) {
         if self.limits.dedup_window.is_zero() {
             return;
         }
         let key = told_key(group, id);
-        self.told.insert(key, (episode, now));
+        self.told.insert(key, (episode, truncated, now));
         self.told_order.push_back((now, key));
         // Drop what expired, and the oldest past the cap.
         while let Some(&(at, k)) = self.told_order.front() {
@@ -626,7 +637,7 @@ impl Queue {
                 break;
             }
             self.told_order.pop_front();
-            if self.told.get(&k).is_some_and(|(_, t)| *t == at) {
+            if self.told.get(&k).is_some_and(|(_, _, t)| *t == at) {
                 self.told.remove(&k);
             }
         }
@@ -819,6 +830,31 @@ mod tests {
         let ids: Vec<&str> = g[0].versions.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids, ["y", "x"]);
         assert_eq!(g[0].payload.alerts.len(), 2);
+        check(&q);
+    }
+
+    #[test]
+    fn a_changed_truncated_count_is_news() {
+        let now = Instant::now();
+        let mut q = Queue::new(limits(100));
+        let with = |n: u64| {
+            let mut p = payload("g", vec![alert("x", Status::Firing, 10, None)]);
+            p.truncated_alerts = n;
+            p
+        };
+        let _ = offer(&mut q, 1, with(5), now);
+        // While pending: the new count replaces the old state.
+        assert!(matches!(q.admit(&with(9), now), Ok(Admit::Room(_))));
+        assert_eq!(q.admit(&with(5), now), Ok(Admit::Nothing));
+        let _ = offer(&mut q, 2, with(9), now);
+        let c = cover_all(&q);
+        q.settle(&c, Outcome::Delivered, now);
+        // Once told: the same count is a duplicate, a higher one is sent.
+        assert_eq!(q.admit(&with(9), now), Ok(Admit::Nothing));
+        let a = offer(&mut q, 3, with(12), now);
+        assert_eq!(a.map(|a| a.changed), Ok(1));
+        let Some(Snapshot::Groups(g)) = q.next(10) else { panic!("nothing pending") };
+        assert_eq!(g[0].payload.truncated_alerts, 12);
         check(&q);
     }
 
