@@ -158,17 +158,22 @@ pub fn compose(
         let mut payload = first.payload.clone();
         payload.alerts = vec![payload.alerts.swap_remove(i)];
         payload.status = payload.alerts[0].status;
-        for (text, _) in style.parts(&payload) {
+        let parts = style.parts(&payload);
+        // The alert is told with the part holding its block (counted as for a group), else
+        // with the last part; a refused part before it refuses it too (see `sender`).
+        let counted = parts.iter().map(|(_, c)| c).sum::<usize>() == 1;
+        let carrier = match parts.iter().position(|(_, c)| *c == 1) {
+            Some(p) if counted => p,
+            _ => parts.len().saturating_sub(1),
+        };
+        for (p, (text, _)) in parts.into_iter().enumerate() {
+            let alerts = if p == carrier { covers(first, i..i + 1) } else { Vec::new() };
             out.push(Composed {
                 message: style.content(text),
-                cover: Cover { legacy: None, alerts: Vec::new() },
+                cover: Cover { legacy: None, alerts },
                 part: None,
                 groups: 1,
             });
-        }
-        // The alert is told once its last part went out.
-        if let Some(last) = out.last_mut() {
-            last.cover.alerts = covers(first, i..i + 1);
         }
         out.extend(mention(&payload, &mentions(&payload)));
         return out;
@@ -314,6 +319,30 @@ mod tests {
         assert_eq!(covered.len(), 10);
         covered.dedup();
         assert_eq!(covered.len(), 10);
+    }
+
+    #[test]
+    fn a_split_solo_alert_is_told_by_the_part_holding_it() {
+        let mut q = queue_with(&[("g", vec![alert("a", 10_000), alert("b", 10)])]);
+        // WeCom refused the two together: each goes alone now.
+        let Some(Snapshot::Groups(g)) = q.next(64) else { panic!("nothing pending") };
+        let mut both = Cover::default();
+        for (id, v) in &g[0].versions {
+            both.alerts.push(("g".to_string(), id.clone(), *v));
+        }
+        let settled = q.settle(&both, crate::outbox::queue::Outcome::Refused, Instant::now());
+        assert!(settled.isolated);
+        let Some(Snapshot::Groups(mut g)) = q.next(64) else { panic!("nothing pending") };
+        // A footer ("3 more alerts not listed") after the cut alert makes a second part.
+        g[0].payload.truncated_alerts = 3;
+        let out = compose(Snapshot::Groups(g), &STYLE, &nobody);
+        assert!(out.len() > 1, "the big alert is cut, its footer is a part of its own");
+        let carriers: Vec<usize> =
+            (0..out.len()).filter(|p| !out[*p].cover.alerts.is_empty()).collect();
+        assert_eq!(carriers.len(), 1);
+        let carrier = &out[carriers[0]];
+        assert!(carrier.message.text().contains("A-a"));
+        assert_eq!(carrier.cover.alerts[0].1, "a");
     }
 
     #[test]

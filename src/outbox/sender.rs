@@ -18,9 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::alertmanager::Payload;
 use crate::config_file::MentionEntry;
 use crate::metrics;
-use crate::outbox::compose::{compose, Message, Style};
+use crate::outbox::compose::{compose, Composed, Message, Style};
 use crate::outbox::limiter::Limiter;
-use crate::outbox::queue::Outcome;
+use crate::outbox::queue::{Cover, Outcome};
 use crate::outbox::Outbox;
 use crate::template::Template;
 use crate::time::TzOffset;
@@ -256,7 +256,8 @@ fn run(robot: &Source, settings: &Settings) {
                         Class::Permanent => {
                             failing = None;
                             backoff.reset();
-                            let settled = outbox.settle(&c.cover, Outcome::Refused);
+                            let settled =
+                                outbox.settle(&refused_cover(&composed, i), Outcome::Refused);
                             if settled.isolated {
                                 log::warn!(
                                     "message refused, sending its groups or alerts one by one to find the bad one robot={name}{part} groups={} alerts={alerts} bytes={bytes} {}",
@@ -286,6 +287,22 @@ fn run(robot: &Source, settings: &Settings) {
             }
         }
     }
+}
+
+/// What refusing part `i` for good refuses: its own alerts; for a part that tells none by
+/// itself (a heading, or a template's text before the part that tells the group), those of
+/// the parts after it, which would otherwise be composed and refused again forever.
+fn refused_cover(composed: &[Composed], i: usize) -> Cover {
+    let c = &composed[i];
+    let mention = matches!(c.message, Message::Mention { .. });
+    if !c.cover.alerts.is_empty() || c.cover.legacy.is_some() || mention {
+        return c.cover.clone();
+    }
+    let mut rest = Cover::default();
+    for later in &composed[i + 1..] {
+        rest.alerts.extend(later.cover.alerts.iter().cloned());
+    }
+    rest
 }
 
 /// `errcode=N errmsg="…" hint="…"` or `error="…"`, for one log line.
@@ -321,5 +338,29 @@ mod tests {
         }
         b.reset();
         assert!(b.next() <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_refused_part_that_tells_nothing_refuses_the_alerts_after_it() {
+        let part = |ids: &[&str], mention: bool| Composed {
+            message: if mention {
+                Message::Mention { content: "@".into(), users: vec![], mobiles: vec![], all: true }
+            } else {
+                Message::Content { msgtype: crate::wecom::MsgType::Markdown, content: "x".into() }
+            },
+            cover: Cover {
+                legacy: None,
+                alerts: ids.iter().map(|id| ("g".to_string(), id.to_string(), 1)).collect(),
+            },
+            part: Some((1, 3)),
+            groups: usize::from(!mention),
+        };
+        // A template's parts: only the last tells the group.
+        let parts = [part(&[], false), part(&[], false), part(&["a", "b"], false), part(&[], true)];
+        let ids = |c: Cover| c.alerts.into_iter().map(|(_, id, _)| id).collect::<Vec<_>>();
+        assert_eq!(ids(refused_cover(&parts, 0)), ["a", "b"]);
+        assert_eq!(ids(refused_cover(&parts, 2)), ["a", "b"]);
+        // A refused mention refuses nothing: its alerts were told.
+        assert!(ids(refused_cover(&parts, 3)).is_empty());
     }
 }
