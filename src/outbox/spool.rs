@@ -495,7 +495,9 @@ fn recover(dirs: &Dirs, files: &mut Files) -> Result<Recovered, Error> {
         if !v1 && !name.ends_with(".rec") {
             continue;
         }
-        let bytes = fs::read(&path).unwrap_or_default();
+        // A file that cannot be read is kept and the open fails with the reason: deleting it
+        // would lose acknowledged notifications.
+        let bytes = fs::read(&path).map_err(ctx(|| format!("reading {}", path.display())))?;
         let (good, bad) = if v1 {
             match decode_v1(&bytes) {
                 Some(r) => (vec![r], false),
@@ -765,6 +767,24 @@ mod tests {
         assert_eq!(rec.corrupt, 2);
         assert_eq!(fs::read_dir(dir.join("corrupt")).map(|d| d.count()).unwrap_or(0), 2);
         assert!(!dir.join("queue/00000000000000000009.rec.tmp").exists());
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn an_unreadable_file_fails_the_open_and_is_kept() -> Result<(), Error> {
+        let dir = temp_dir("unreadable");
+        let (spool, _) = Spool::open(&dir, "t")?;
+        commit(&spool, &body(1));
+        spool.close();
+        // A name that reads as an error (a directory; permissions do not stop root).
+        let odd = dir.join(format!("queue/{:020}.rec", 2));
+        fs::create_dir(&odd).map_err(ctx(|| "mkdir".into()))?;
+        let opened = Spool::open(&dir, "t");
+        let err = opened.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("reading ") && err.contains(".rec"), "{err}");
+        assert!(odd.exists());
+        assert!(dir.join(format!("queue/{:020}.rec", 1)).exists());
         let _ = fs::remove_dir_all(&dir);
         Ok(())
     }
