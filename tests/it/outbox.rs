@@ -330,6 +330,58 @@ fn a_1_0_0_spool_is_delivered_after_the_upgrade() {
         .contains("recovered pending notifications from spool robot=default count=3"));
 }
 
+/// A spool file as the relay's group commit writes it: one `WXR2` frame per notification.
+fn spool_file(records: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let fnv = |b: &[u8]| {
+        b.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &x| {
+            (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+        })
+    };
+    let mut out = Vec::new();
+    for (id, body) in records {
+        let mut payload = format!("{{\"id\":{id},\"created_unix\":1700000000}}\n").into_bytes();
+        payload.extend_from_slice(body);
+        out.extend(format!("WXR2 {} {:016x}\n", payload.len(), fnv(&payload)).into_bytes());
+        out.extend(payload);
+    }
+    out
+}
+
+/// Review of #14, point 1: a notification delivered while another one written in the same
+/// group-commit file still waits is not sent again after a clean restart (the file stays for
+/// the pending one; recovery skips what was released).
+#[test]
+fn a_clean_restart_does_not_resend_what_shared_a_file_with_a_pending_notification() {
+    let dir = TempDir::new("shared-file");
+    let state = dir.path().to_str().expect("utf8").to_string();
+    let short = alerts("x", 1, "firing");
+    let long = alerts("l", 40, "firing");
+    std::fs::create_dir_all(dir.path().join("queue")).expect("queue");
+    let file = spool_file(&[(1, body("short", &short, "Short")), (2, body("long", &long, "Long"))]);
+    std::fs::write(dir.path().join("queue/00000000000000000001.rec"), file).expect("seed");
+    let fake = FakeWeCom::start();
+    // The short group goes first (alone: the long one is split) and is delivered; the long
+    // one keeps failing.
+    fake.set_default(Behave::Http(500));
+    fake.script([Behave::Ok]);
+    let args = ["--key", &fake.url(), "--state-dir", &state, "--grace", "300ms"];
+    let mut relay =
+        Relay::start(&[&args[..], &["--retry-initial", "20ms", "--retry-max", "200ms"]].concat());
+    wait_until(Duration::from_secs(10), "the short group delivered, the long one tried", || {
+        fake.delivered_alerts() == short && fake.received().len() >= 2
+    });
+    relay.signal("TERM");
+    relay.wait_exit(Duration::from_secs(10));
+    fake.set_default(Behave::Ok);
+    let _relay = Relay::start(&args);
+    let expected: Vec<(String, String)> = short.iter().chain(&long).cloned().collect();
+    wait_until(Duration::from_secs(30), "the long group delivered", || {
+        fake.delivered_alerts().len() >= expected.len()
+    });
+    wait_until(Duration::from_secs(10), "spool emptied", || queue_files(dir.path()) == 0);
+    assert_exactly_once(&fake, &expected);
+}
+
 /// Issue #14: kill -9 while WeCom holds a message (sent, not yet acknowledged, so not yet
 /// deleted), and again during a split notification's partial delivery: after the restart every
 /// alert reaches the group, none more than twice.
