@@ -609,8 +609,10 @@ fn a_panicking_sender_is_restarted_and_dry_run_names_the_robot() {
         let r = get(relay.addr, "/-/ready");
         r.status == 503 && r.body.contains("no live sender")
     });
+    // The log line follows the printed message: wait for it, not only for stdout.
     wait_until(Duration::from_secs(15), "printed after the restart", || {
         relay.stdout().contains("dry run robot=default")
+            && relay.logs().contains("dry run: message printed robot=default")
     });
     let logs = relay.logs();
     assert!(logs.contains("sender panicked, restarting robot=default"), "{logs}");
