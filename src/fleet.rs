@@ -153,15 +153,11 @@ impl Fleet {
             return Ok(Arc::clone(robot));
         }
         if adhoc.len() >= MAX_ADHOC_ROBOTS {
-            // Evict the least recently used robot with nothing pending.
-            let idle = adhoc
-                .iter()
-                .enumerate()
-                .filter(|(_, (r, _))| {
-                    r.outbox.stats().alerts == 0 && r.outbox.stats().messages == 0
-                })
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(i, _)| i);
+            // Evict the least recently used robot with nothing pending that no request holds.
+            let idle = least_used_idle(&adhoc, |r| {
+                let stats = r.outbox.stats();
+                stats.alerts == 0 && stats.messages == 0
+            });
             let Some(i) = idle else {
                 return Err(format!(
                     "too many different ?key= robots with messages pending (at most {MAX_ADHOC_ROBOTS})"
@@ -261,6 +257,18 @@ impl Fleet {
         }
         Ok(summary)
     }
+}
+
+/// The least recently used entry that is idle and held by nothing but the list. Entries are
+/// cloned only under the list's lock, so with the lock held a count of 1 means no request is
+/// between picking the robot and committing to it: one that is would get 200 from an outbox
+/// whose sender was stopped, and its alerts would wait until that `?key=` came back.
+fn least_used_idle<T>(list: &[(Arc<T>, Instant)], idle: impl Fn(&T) -> bool) -> Option<usize> {
+    list.iter()
+        .enumerate()
+        .filter(|(_, (r, _))| Arc::strong_count(r) == 1 && idle(r))
+        .min_by_key(|(_, (_, used))| *used)
+        .map(|(i, _)| i)
 }
 
 fn routing(config: &Config, robots: Vec<Arc<Robot>>) -> Result<Robots, String> {
@@ -403,4 +411,25 @@ fn open_outbox(config: &Config, robot: &str) -> Result<Outbox, String> {
         );
     }
     Ok(Outbox::new(limits, Some((spool, recovered.records))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_robot_a_request_holds_is_never_evicted() {
+        let t0 = Instant::now();
+        let list: Vec<(Arc<u32>, Instant)> =
+            (0..3).map(|i| (Arc::new(i), t0 + Duration::from_secs(u64::from(i)))).collect();
+        assert_eq!(least_used_idle(&list, |_| true), Some(0));
+        // A request picked robot 0 and has not committed yet.
+        let held = Arc::clone(&list[0].0);
+        assert_eq!(least_used_idle(&list, |_| true), Some(1));
+        assert_eq!(least_used_idle(&list, |r| *r != 1), Some(2));
+        drop(held);
+        assert_eq!(least_used_idle(&list, |_| true), Some(0));
+        assert_eq!(least_used_idle(&list, |_| false), None);
+    }
 }
