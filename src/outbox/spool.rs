@@ -395,6 +395,10 @@ fn write_loop(shared: &Shared, dirs: &Dirs, mut files: Files) {
                     Ok(())
                 }
                 Err(e) => {
+                    // These notifications are answered 503 (Alertmanager sends them again): a
+                    // file renamed in place before the directory fsync failed must not be
+                    // replayed too. Its name is this batch's own.
+                    let _ = fs::remove_file(&path);
                     if shared.healthy.swap(false, Ordering::Relaxed) {
                         log::error!(
                             "writing the spool failed file={} error=\"{e}\"",
