@@ -182,6 +182,7 @@ impl Fleet {
             let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
             make_robot(&self.base, &self.client, &rc, &mut parked)?
         };
+        metrics::set_unrouted(&robot.name, None);
         self.spawn_sender(&robot)?;
         adhoc.push((Arc::clone(&robot), Instant::now()));
         Ok(robot)
@@ -201,9 +202,11 @@ impl Fleet {
         let mut robots = Vec::new();
         let mut started = Vec::new();
         let mut returning = Vec::new();
+        // Parked outboxes are taken from a copy, and from `parked` itself only once the new
+        // set is complete: a reload that fails later leaves them parked.
+        let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner()).clone();
         {
             let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-            let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
             for rc in &config.robots {
                 if let Some(existing) = old.named(&rc.name) {
                     robots.push(Arc::clone(existing));
@@ -220,6 +223,10 @@ impl Fleet {
         }
         let new = routing(&config, robots)?;
         // Nothing can fail from here on (but a thread start, which is logged): apply.
+        self.parked.lock().unwrap_or_else(|p| p.into_inner()).retain(|n, _| parked.contains_key(n));
+        for robot in &started {
+            metrics::set_unrouted(&robot.name, None);
+        }
         for rc in &config.robots {
             if let Some(robot) = new.named(&rc.name) {
                 let live = (target(&self.base, &self.client, rc), rc.rate, rc.msgtype);
@@ -308,7 +315,6 @@ fn make_robot(
     let live: sender::Live = Arc::new(Mutex::new(live));
     let outbox = match parked.remove(&rc.name) {
         Some(outbox) => {
-            metrics::set_unrouted(&rc.name, None);
             log::info!(
                 "robot is configured again, delivering what waited robot={} alerts={}",
                 rc.name,

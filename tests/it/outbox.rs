@@ -302,6 +302,46 @@ fn alerts_of_an_unconfigured_robot_wait_and_are_delivered_when_it_returns() {
     assert!(!relay.metrics().contains("weixin_robot_unrouted_alerts{robot=\"dba\"}"));
 }
 
+/// Review of #14, point 11: a reload that brings a parked robot back but fails on a later
+/// robot leaves the outbox parked (still counted as unrouted), and the next good reload
+/// delivers it.
+#[test]
+fn a_failed_reload_leaves_a_parked_outbox_parked() {
+    let (ops, dba) = (FakeWeCom::start(), FakeWeCom::start());
+    dba.set_default(Behave::Http(500));
+    let dir = TempDir::new("parked-reload");
+    let state = dir.path().join("state");
+    let state_arg = state.to_str().expect("utf8").to_string();
+    let robot = |name: &str, url: String| format!("[robots.{name}]\nkey = \"{url}\"\n");
+    let with_dba =
+        format!("default_robot = \"ops\"\n{}{}", robot("ops", ops.url()), robot("dba", dba.url()));
+    let config = write_config(&dir, &with_dba);
+    let args = ["--config", &config, "--state-dir", &state_arg, "--retry-initial", "50ms"];
+    let mut relay = Relay::start(&args);
+    let list = alerts("p", 3, "firing");
+    assert_eq!(post(relay.addr, "/alertinfo/dba", &body("park", &list, "Park")).status, 200);
+    wait_until(Duration::from_secs(10), "a failed try", || !dba.received().is_empty());
+    relay.kill9();
+    write_config(&dir, &robot("ops", ops.url()));
+    dba.set_default(Behave::Ok);
+    let relay = Relay::start(&args);
+    assert!(relay.metrics().contains("weixin_robot_unrouted_alerts{robot=\"dba\"} 3"));
+    // dba comes back with a robot whose directory cannot be made: the reload fails.
+    std::fs::write(state.join("robots/zzz"), b"not a directory").expect("block");
+    write_config(&dir, &format!("{with_dba}{}", robot("zzz", ops.url())));
+    relay.signal("HUP");
+    wait_until(Duration::from_secs(10), "the reload failed", || {
+        relay.logs().contains("reload failed")
+    });
+    assert!(relay.metrics().contains("weixin_robot_unrouted_alerts{robot=\"dba\"} 3"));
+    write_config(&dir, &with_dba);
+    relay.signal("HUP");
+    wait_until(Duration::from_secs(10), "delivered once the robot is back", || {
+        dba.delivered_alerts().len() == 3
+    });
+    assert_exactly_once(&dba, &list);
+}
+
 /// Issue #14: a spool written by 1.0.0 (`WXR1` files holding rendered messages, made by
 /// `tests/fixtures/make-spool-1.0.0.sh` from the 1.0.0 binary) is delivered as it is.
 #[test]
