@@ -145,8 +145,7 @@ impl Fleet {
     /// hash of the webhook URL (`key-…`) so the key never appears in logs, metrics or the
     /// spool's directory names.
     pub fn adhoc(&self, key: &str) -> Result<Arc<Robot>, String> {
-        let url = WebhookUrl::parse(key).map_err(|e| format!("?key=: {e}"))?;
-        let name = format!("key-{:012x}", fnv1a64(url.expose().as_bytes()) >> 16);
+        let (url, name) = adhoc_name(key)?;
         let mut adhoc = self.adhoc.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((robot, used)) = adhoc.iter_mut().find(|(r, _)| r.name == name) {
             *used = Instant::now();
@@ -186,6 +185,16 @@ impl Fleet {
         self.spawn_sender(&robot)?;
         adhoc.push((Arc::clone(&robot), Instant::now()));
         Ok(robot)
+    }
+
+    /// The `?key=` robot if it exists and the list is free right now: no disk work, no
+    /// waiting, so a coroutine may call it. `None`: call [`Fleet::adhoc`] on an OS thread.
+    pub fn adhoc_ready(&self, key: &str) -> Option<Arc<Robot>> {
+        let (_, name) = adhoc_name(key).ok()?;
+        let mut adhoc = self.adhoc.try_lock().ok()?;
+        let (robot, used) = adhoc.iter_mut().find(|(r, _)| r.name == name)?;
+        *used = Instant::now();
+        Some(Arc::clone(robot))
     }
 
     /// Re-reads `--config` and the key files. On error nothing changes.
@@ -264,6 +273,14 @@ impl Fleet {
         }
         Ok(summary)
     }
+}
+
+/// The webhook URL of a `?key=` and the robot's name: a hash of the URL, so the key never
+/// appears in logs, metrics or directory names.
+fn adhoc_name(key: &str) -> Result<(WebhookUrl, String), String> {
+    let url = WebhookUrl::parse(key).map_err(|e| format!("?key=: {e}"))?;
+    let name = format!("key-{:012x}", fnv1a64(url.expose().as_bytes()) >> 16);
+    Ok((url, name))
 }
 
 /// The least recently used entry that is idle and held by nothing but the list. Entries are

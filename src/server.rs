@@ -409,7 +409,7 @@ impl Conn {
                     why: None,
                 }
             }
-            Route::Reload if method == Method::Post => match self.app.fleet.reload() {
+            Route::Reload if method == Method::Post => match self.reload() {
                 Ok(summary) => {
                     log::info!("configuration reloaded (POST /-/reload) {summary}");
                     reply(200, "OK", json!({"status": "reloaded"}))
@@ -440,6 +440,22 @@ impl Conn {
         }
     }
 
+    /// `POST /-/reload`, off the coroutine (disk work, sender threads).
+    fn reload(&self) -> Result<String, String> {
+        let app = Arc::clone(&self.app);
+        off_coroutine("reload", move || app.fleet.reload())
+    }
+
+    /// The `?key=` robot; made on first use off the coroutine (disk work, and an eviction
+    /// joins a spool writer thread).
+    fn key_robot(&self, key: &str) -> Result<Arc<crate::routing::Robot>, String> {
+        if let Some(robot) = self.app.fleet.adhoc_ready(key) {
+            return Ok(robot);
+        }
+        let (app, key) = (Arc::clone(&self.app), key.to_string());
+        off_coroutine("key-robot", move || app.fleet.adhoc(&key))
+    }
+
     fn intake(&self, body: &[u8], path_robot: Option<&str>, key_param: Option<&str>) -> Reply {
         if !self.app.accepting.load(Ordering::Relaxed) {
             return unavailable(&EnqueueError::ShuttingDown, "shutting_down");
@@ -465,7 +481,7 @@ impl Conn {
                 Err(e) => {
                     return error(400, "Bad Request", "bad_key_param", &format!("?key=: {e}"))
                 }
-                Ok(()) => match self.app.fleet.adhoc(key) {
+                Ok(()) => match self.key_robot(key) {
                     Ok(robot) => Some(robot),
                     Err(e) => return error(400, "Bad Request", "bad_key_param", &e),
                 },
@@ -512,6 +528,22 @@ impl Conn {
         self.closed = true;
         guard::write_and_shut(self.fd, b"");
     }
+}
+
+/// Runs `work` on an OS thread while the calling coroutine yields: disk work and thread
+/// joins must not block a `may` worker (as `intake::accept` does for large bodies).
+fn off_coroutine<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = may::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(|e| format!("starting a {name} thread: {e}"))?;
+    rx.recv().unwrap_or_else(|_| Err(format!("the {name} thread failed")))
 }
 
 fn unavailable(e: &EnqueueError, metric: &'static str) -> Reply {
