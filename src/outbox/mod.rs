@@ -154,6 +154,8 @@ impl Outbox {
                     }
                 }
             }
+            // Released records still on disk are not replayed but keep their IDs.
+            state.next_id = state.next_id.max(spool.first_free_id());
             spool
         });
         Outbox {

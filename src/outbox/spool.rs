@@ -120,6 +120,9 @@ struct Shared {
 pub struct Spool {
     shared: Arc<Shared>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Above every ID on disk, released ones included: a new record must never take the ID
+    /// of a released one still in the ledger (recovery would skip it).
+    first_free_id: u64,
 }
 
 struct Dirs {
@@ -283,6 +286,7 @@ impl Spool {
         probe(&dirs.queue).map_err(ctx(|| format!("writing to {}", dirs.queue.display())))?;
         let mut files = Files::default();
         let recovered = recover(&dirs, &mut files)?;
+        let first_free_id = files.file_of.keys().chain(&files.released).max().map_or(1, |m| m + 1);
         let shared = Arc::new(Shared {
             jobs: Mutex::new(Jobs::default()),
             wake: Condvar::new(),
@@ -293,7 +297,7 @@ impl Spool {
             .name(format!("spool-{robot}"))
             .spawn(move || write_loop(&s, &dirs, files))
             .map_err(ctx(|| "starting the spool writer thread".to_string()))?;
-        Ok((Spool { shared, writer: Mutex::new(Some(writer)) }, recovered))
+        Ok((Spool { shared, writer: Mutex::new(Some(writer)), first_free_id }, recovered))
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, Jobs> {
@@ -313,6 +317,11 @@ impl Spool {
         }
         self.shared.wake.notify_one();
         rx.recv().unwrap_or_else(|_| Err("the spool writer stopped".into()))
+    }
+
+    /// The lowest ID a new record may take.
+    pub fn first_free_id(&self) -> u64 {
+        self.first_free_id
     }
 
     /// Deletes a record (its file once every record in it is gone). Does not wait: a lost
@@ -731,6 +740,25 @@ mod tests {
         spool.remove(2);
         spool.close();
         assert_eq!(fs::read_dir(dir.join("queue")).map(|d| d.count()).unwrap_or(9), 0);
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn new_ids_start_above_a_released_record_still_on_disk() -> Result<(), Error> {
+        let dir = temp_dir("ledger-ids");
+        let (spool, _) = Spool::open(&dir, "t")?;
+        commit_batch(&spool, &[body(1), body(2)]);
+        spool.remove(2);
+        spool.close();
+        let (spool, rec) = Spool::open(&dir, "t")?;
+        assert_eq!(rec.records, vec![body(1)]);
+        // 2 is in the ledger: a new record 2 would be skipped at the next start.
+        assert_eq!(spool.first_free_id(), 3);
+        commit(&spool, &body(3));
+        spool.close();
+        let (_, rec) = Spool::open(&dir, "t")?;
+        assert_eq!(rec.records, vec![body(1), body(3)]);
         let _ = fs::remove_dir_all(&dir);
         Ok(())
     }
