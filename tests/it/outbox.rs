@@ -302,6 +302,25 @@ fn alerts_of_an_unconfigured_robot_wait_and_are_delivered_when_it_returns() {
     assert!(!relay.metrics().contains("weixin_robot_unrouted_alerts{robot=\"dba\"}"));
 }
 
+/// Review of #14, point 3: the same alerts again with more of the group truncated by
+/// Alertmanager are not a duplicate: the group is told again, with the new count.
+#[test]
+fn more_truncated_alerts_is_sent_not_answered_duplicate() {
+    let fake = FakeWeCom::start();
+    let relay = Relay::start(&["--key", &fake.url()]);
+    let list = alerts("t", 2, "firing");
+    let first = body("trunc", &list, "Trunc");
+    assert_eq!(relay.post(&first).json()["status"], "queued");
+    wait_until(Duration::from_secs(10), "first message", || fake.delivered().len() == 1);
+    assert_eq!(relay.post(&first).json()["status"], "duplicate");
+    let text = String::from_utf8(first).expect("utf8");
+    let more = text.replace("\"truncatedAlerts\":0", "\"truncatedAlerts\":7");
+    assert_ne!(more, text);
+    assert_eq!(relay.post(more.as_bytes()).json()["status"], "queued");
+    wait_until(Duration::from_secs(10), "second message", || fake.delivered().len() == 2);
+    assert!(fake.delivered()[1].content().contains('7'), "{}", fake.delivered()[1].content());
+}
+
 /// Review of #14, point 11: a reload that brings a parked robot back but fails on a later
 /// robot leaves the outbox parked (still counted as unrouted), and the next good reload
 /// delivers it.
