@@ -481,9 +481,16 @@ impl Conn {
                 Err(e) => {
                     return error(400, "Bad Request", "bad_key_param", &format!("?key=: {e}"))
                 }
+                // The key passed the check: what fails now is room (every `?key=` robot has
+                // messages pending) or the disk, both passing. 503, so Alertmanager retries; a
+                // 4xx would lose the notification.
                 Ok(()) => match self.key_robot(key) {
                     Ok(robot) => Some(robot),
-                    Err(e) => return error(400, "Bad Request", "bad_key_param", &e),
+                    Err(e) => {
+                        let mut r = error(503, "Service Unavailable", "key_robot_unavailable", &e);
+                        r.headers = &["Retry-After: 30"];
+                        return r;
+                    }
                 },
             },
             (None, None) => None,

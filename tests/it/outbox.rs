@@ -657,6 +657,49 @@ fn idle_key_param_robots_are_evicted() {
     assert!(relay.logs().contains("idle ?key= robot evicted"));
 }
 
+/// Issue #20 item 8: when every `?key=` slot holds a robot with messages pending, a new key is
+/// answered 503 (Alertmanager retries), not 4xx (it would not), and gets in once one drains.
+#[test]
+fn a_new_key_waits_with_503_while_every_slot_is_busy() {
+    let fake = FakeWeCom::start();
+    fake.set_default(Behave::Http(500));
+    let host = fake.addr.to_string();
+    let relay = Relay::start(&[
+        "--key",
+        &fake.url(),
+        "--allow-key-param",
+        "--key-param-host",
+        &host,
+        "--retry-initial",
+        "200ms",
+        "--retry-max",
+        "500ms",
+    ]);
+    let url = |k: &str| format!("http://{}/cgi-bin/webhook/send?key={k}", fake.addr);
+    let post_key = |k: &str| {
+        let path = format!("/alertinfo?key={}", urlencode(&url(k)));
+        post(relay.addr, &path, &payload(k, &[A(&format!("{k}-a"), "firing", "Busy")]))
+    };
+    for i in 0..32 {
+        assert_eq!(post_key(&format!("busy{i}")).status, 200);
+    }
+    let r = post_key("late");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("30"));
+    assert!(r.body.contains("pending"), "{}", r.body);
+    fake.set_default(Behave::Ok);
+    wait_until(Duration::from_secs(30), "busy robots drained", || {
+        !relay
+            .metrics()
+            .lines()
+            .any(|l| l.starts_with("weixin_robot_outbox_messages{") && !l.ends_with(" 0"))
+    });
+    assert_eq!(post_key("late").status, 200);
+    wait_until(Duration::from_secs(10), "late delivered", || {
+        fake.delivered_alerts().iter().any(|(f, _)| f == "late-a")
+    });
+}
+
 /// Issue #14 item 8: a panicking sender is logged, counted and restarted; delivery goes on.
 /// Issue #16: a dry run says so, with the robot, on stdout and in the log.
 #[test]
