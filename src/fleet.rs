@@ -146,6 +146,9 @@ impl Fleet {
     /// spool's directory names.
     pub fn adhoc(&self, key: &str) -> Result<Arc<Robot>, String> {
         let (url, name) = adhoc_name(key)?;
+        if let Some(robot) = self.configured_with_key(&url) {
+            return Ok(robot);
+        }
         let mut adhoc = self.adhoc.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((robot, used)) = adhoc.iter_mut().find(|(r, _)| r.name == name) {
             *used = Instant::now();
@@ -190,11 +193,28 @@ impl Fleet {
     /// The `?key=` robot if it exists and the list is free right now: no disk work, no
     /// waiting, so a coroutine may call it. `None`: call [`Fleet::adhoc`] on an OS thread.
     pub fn adhoc_ready(&self, key: &str) -> Option<Arc<Robot>> {
-        let (_, name) = adhoc_name(key).ok()?;
+        let (url, name) = adhoc_name(key).ok()?;
+        if let Some(robot) = self.configured_with_key(&url) {
+            return Some(robot);
+        }
         let mut adhoc = self.adhoc.try_lock().ok()?;
         let (robot, used) = adhoc.iter_mut().find(|(r, _)| r.name == name)?;
         *used = Instant::now();
         Some(Arc::clone(robot))
+    }
+
+    /// The configured robot that sends with the same key as `url`, if any: a `?key=` naming
+    /// it must share its outbox and budget, not get a second robot (and a second 20 messages
+    /// a minute) on the same WeCom key.
+    fn configured_with_key(&self, url: &WebhookUrl) -> Option<Arc<Robot>> {
+        self.robots()
+            .all()
+            .iter()
+            .find(|r| {
+                let live = r.live.lock().unwrap_or_else(|p| p.into_inner());
+                matches!(&live.0, Target::WeCom { url: own, .. } if own.same_key(url))
+            })
+            .cloned()
     }
 
     /// Re-reads `--config` and the key files. On error nothing changes.

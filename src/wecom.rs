@@ -382,10 +382,31 @@ pub fn parse_answer(body: &[u8]) -> Result<(), SendError> {
     if errcode == 0 {
         return Ok(());
     }
-    let errmsg = value.get("errmsg").and_then(Value::as_str).unwrap_or("").to_string();
-    // errmsg sometimes echoes a hint URL; it never contains the key, but keep it short.
-    let errmsg: String = errmsg.chars().take(200).collect();
+    let errmsg = value.get("errmsg").and_then(Value::as_str).unwrap_or("");
+    // errmsg sometimes echoes a hint URL. WeCom's own never holds the key, but a proxy in
+    // between may echo the request URL: hide every `key=` value before it reaches a log, an
+    // error or `failed/`, and keep it short.
+    let errmsg: String = redact_key_values(errmsg).chars().take(200).collect();
     Err(SendError::Api { errcode, errmsg })
+}
+
+/// `…send?key=SECRET&x` → `…send?key=***&x`, for any `key=` (any case) in `s`.
+fn redact_key_values(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.to_ascii_lowercase().find("key=") {
+        out.push_str(&rest[..at + 4]);
+        rest = &rest[at + 4..];
+        let end = rest
+            .find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        if end > 0 {
+            out.push_str("***");
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {
@@ -470,6 +491,17 @@ impl WebhookUrl {
         Ok(WebhookUrl { full: url.to_string(), redacted: redacted.to_string().replace("%2A", "*") })
     }
 
+    /// True when both name the same robot key (WeCom's budget is per key, whatever host or
+    /// proxy the URL goes through). Compares without handing the key out.
+    pub fn same_key(&self, other: &WebhookUrl) -> bool {
+        let key = |u: &WebhookUrl| {
+            url::Url::parse(&u.full).ok().and_then(|p| {
+                p.query_pairs().find(|(k, _)| k == "key").map(|(_, v)| v.into_owned())
+            })
+        };
+        matches!((key(self), key(other)), (Some(a), Some(b)) if a == b)
+    }
+
     /// The real URL including the key. Call sites: the WeCom client only.
     pub fn expose(&self) -> &str {
         &self.full
@@ -543,6 +575,26 @@ mod tests {
         assert_eq!(SendError::Http(404).class(), Class::Permanent);
         assert_eq!(SendError::Timeout.class(), Class::Retry);
         assert_eq!(SendError::Transport("refused".into()).class(), Class::Retry);
+    }
+
+    #[test]
+    fn same_key_whatever_the_host() -> Result<(), String> {
+        let direct = WebhookUrl::parse("abc-123")?;
+        let proxied = WebhookUrl::parse("http://127.0.0.1:9/cgi-bin/webhook/send?key=abc-123")?;
+        let other = WebhookUrl::parse("abc-124")?;
+        assert!(direct.same_key(&proxied) && proxied.same_key(&direct));
+        assert!(!direct.same_key(&other));
+        Ok(())
+    }
+
+    #[test]
+    fn an_echoed_key_is_hidden_in_errmsg() {
+        let body = br#"{"errcode":93000,"errmsg":"invalid webhook url /cgi-bin/webhook/send?KEY=s3cr3t&x=1, see key=abc def"}"#;
+        let shown = parse_answer(body).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!shown.contains("s3cr3t") && !shown.contains("abc"), "{shown}");
+        assert!(shown.contains("KEY=***&x=1") && shown.contains("key=*** def"), "{shown}");
+        assert_eq!(redact_key_values("no secret here"), "no secret here");
+        assert_eq!(redact_key_values("key="), "key=");
     }
 
     #[test]

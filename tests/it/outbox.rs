@@ -700,6 +700,23 @@ fn a_new_key_waits_with_503_while_every_slot_is_busy() {
     });
 }
 
+/// A `?key=` naming the key the relay already sends with uses that robot, its outbox and its
+/// budget: a second robot on the same key would send up to twice WeCom's 20 a minute.
+#[test]
+fn a_key_param_with_the_configured_key_uses_that_robot() {
+    let fake = FakeWeCom::start();
+    let host = fake.addr.to_string();
+    let relay =
+        Relay::start(&["--key", &fake.url(), "--allow-key-param", "--key-param-host", &host]);
+    let path = format!("/alertinfo?key={}", urlencode(&fake.url()));
+    let r = post(relay.addr, &path, &payload("same", &[A("same-a", "firing", "Same")]));
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_until(Duration::from_secs(10), "delivered", || fake.delivered().len() == 1);
+    let metrics = relay.metrics();
+    assert!(metrics.contains("weixin_robot_messages_sent_total{robot=\"default\"} 1"), "{metrics}");
+    assert!(!metrics.contains("robot=\"key-"), "a second robot was made: {metrics}");
+}
+
 /// Issue #14 item 8: a panicking sender is logged, counted and restarted; delivery goes on.
 /// Issue #16: a dry run says so, with the robot, on stdout and in the log.
 #[test]

@@ -301,8 +301,14 @@ fn key_param_is_off_by_default_and_works_when_allowed() {
         "--key-param-host",
         "127.0.0.1",
     ]);
-    for fake in [&a, &b] {
-        let r = post(relay.addr, &format!("/alertinfo?key={}", url_encode(&fake.url())), &body);
+    // Each fake under a key of its own: a `?key=` with the default robot's key would use the
+    // default robot (one budget per key).
+    let own_url = |fake: &FakeWeCom, tag: &str| {
+        format!("http://{}/cgi-bin/webhook/send?key={SECRET}-{tag}", fake.addr)
+    };
+    for (fake, tag) in [(&a, "a"), (&b, "b")] {
+        let path = format!("/alertinfo?key={}", url_encode(&own_url(fake, tag)));
+        let r = post(relay.addr, &path, &body);
         assert_eq!(r.status, 200, "{}", r.body);
     }
     wait_until(Duration::from_secs(10), "each key's robot delivered", || {
