@@ -54,8 +54,15 @@ pub fn render_digest(config: &Config, paths: &[PathBuf]) -> Result<(), String> {
     }
     let rc = chosen_or_routed(config, &groups[0])?;
     let (tz, limit) = (config.tz, rc.msgtype.limit());
-    let full: usize =
-        groups.iter().map(|p| messages_for(p, tz, rc, &mentions(config, rc, p)).len()).sum();
+    let full = packed_count(
+        groups.iter().map(|p| {
+            let mention = mentions(config, rc, p);
+            let all = messages_for(p, tz, rc, &mention);
+            let mentioned = mention.all || !mention.users.is_empty() || !mention.mobiles.is_empty();
+            (all.len() - usize::from(mentioned), all, mentioned)
+        }),
+        limit,
+    );
     let compact = split(&render::adapt(compact::compact(&groups, tz, limit), rc.msgtype), limit);
     // As from an idle robot: the relay subtracts what its limiter has already spent.
     let budget = digest::capacity(rc.rate, &[], rc.max_delay);
@@ -70,8 +77,8 @@ pub fn render_digest(config: &Config, paths: &[PathBuf]) -> Result<(), String> {
         rc.name, rc.rate.messages, rc.rate.window, rc.max_delay
     );
     eprintln!(
-        "{alerts} alerts in {} groups: full layout {full} messages, compact {}, digest 2 \
-         -> {layout}",
+        "{alerts} alerts in {} groups: full layout {full} messages (packed as a backlog), \
+         compact {}, digest 2 -> {layout}",
         groups.len(),
         compact.len()
     );
@@ -189,6 +196,29 @@ fn messages_for(
     parts
 }
 
+/// How many messages the full layout takes for a backlog, packed as the relay packs one: a
+/// group that fits one message shares it with the next such groups while they fit (joined by
+/// a blank line); a longer group takes its parts; each @-mention is one more message.
+fn packed_count(groups: impl Iterator<Item = (usize, Vec<String>, bool)>, limit: usize) -> usize {
+    let (mut count, mut open) = (0, None::<usize>);
+    for (contents, parts, mentioned) in groups {
+        match (contents, parts.first(), open) {
+            (1, Some(part), Some(bytes)) if bytes + 2 + part.len() <= limit => {
+                open = Some(bytes + 2 + part.len())
+            }
+            (1, Some(part), _) => {
+                count += usize::from(open.is_some());
+                open = Some(part.len());
+            }
+            _ => {
+                count += usize::from(open.take().is_some()) + contents;
+            }
+        }
+        count += usize::from(mentioned);
+    }
+    count + usize::from(open.is_some())
+}
+
 /// The robot `send-test` and `render` use: `--robot`, else the default one.
 fn chosen_robot(config: &Config) -> Result<&RobotConfig, String> {
     let name = config.robot.as_deref().unwrap_or(&config.default_robot);
@@ -277,5 +307,23 @@ pub fn healthcheck(config: &Config) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("healthcheck: {addr} answered {:?}", status_line.lines().next().unwrap_or("")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_layout_is_counted_packed() {
+        let one = |bytes: usize, mentioned: bool| (1, vec!["x".repeat(bytes)], mentioned);
+        // Three 1,000-byte groups share a message; the fourth opens the next.
+        let groups = vec![one(1000, false), one(1000, false), one(1000, false), one(1500, false)];
+        assert_eq!(packed_count(groups.into_iter(), 3100), 2);
+        // A split group takes its parts and closes the open message; a mention is one more.
+        let split_group = (3, vec![String::new(); 3], false);
+        let groups = vec![one(10, false), split_group, one(10, true), one(10, false)];
+        assert_eq!(packed_count(groups.into_iter(), 4096), 1 + 3 + 1 + 1);
+        assert_eq!(packed_count(std::iter::empty(), 4096), 0);
     }
 }
