@@ -1,192 +1,38 @@
 //! Storm mode (issue 15): the preview `render --digest`, `--max-delay` and per-robot
 //! `max_delay`, and WeCom's file path (`upload_media`, then a `file` message) exercised by
-//! `send-test --with-file` against a small fake WeCom on 127.0.0.1 that checks the multipart
-//! upload the way WeCom does and answers 40007 for a media id it never issued.
+//! `send-test --with-file` against the fake WeCom, which checks the multipart upload the way
+//! WeCom does, answers 40007 for a media id it never issued and enforces a budget the test
+//! chooses (45009 past it).
 //!
-//! The sender does not use storm mode yet (it waits for the state outbox of issue 14), so
-//! these tests cover the parts that exist: what the group would see, and the upload path.
+//! The sender does not use storm mode yet (wiring it into the state outbox of issue 14 is what
+//! remains), so these tests cover the parts that exist: what the group would see, the upload
+//! path and the fake WeCom that the wiring will be tested against.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::io::Write;
+use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::util::{payload, run_to_exit, TempDir, A, SECRET};
-
-/// What the upload fake saw.
-#[derive(Default)]
-struct Seen {
-    /// (file name, `filelength` from the part header, the file's bytes).
-    uploads: Vec<(String, usize, Vec<u8>)>,
-    /// Every `send` body.
-    sends: Vec<Value>,
-    /// Request targets with the key replaced, to check where requests went.
-    targets: Vec<String>,
-    /// Errcodes to answer the next uploads with, in order (then 0).
-    upload_errcodes: Vec<i64>,
-    issued: Vec<String>,
-}
-
-/// A fake WeCom that knows `send` and `upload_media`.
-struct UploadFake {
-    port: u16,
-    seen: Arc<Mutex<Seen>>,
-}
-
-impl UploadFake {
-    fn start(upload_errcodes: &[i64]) -> UploadFake {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let seen = Arc::new(Mutex::new(Seen {
-            upload_errcodes: upload_errcodes.to_vec(),
-            ..Seen::default()
-        }));
-        let shared = Arc::clone(&seen);
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let seen = Arc::clone(&shared);
-                thread::spawn(move || serve(stream, &seen));
-            }
-        });
-        UploadFake { port, seen }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/cgi-bin/webhook/send?key={SECRET}", self.port)
-    }
-}
-
-fn serve(stream: TcpStream, seen: &Mutex<Seen>) {
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-        return;
-    }
-    let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
-    let (mut length, mut content_type) = (0usize, String::new());
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-            break;
-        }
-        let (name, value) = h.split_once(':').unwrap_or(("", ""));
-        match name.to_ascii_lowercase().as_str() {
-            "content-length" => length = value.trim().parse().unwrap_or(0),
-            "content-type" => content_type = value.trim().to_string(),
-            _ => {}
-        }
-    }
-    let mut body = vec![0; length];
-    if reader.read_exact(&mut body).is_err() {
-        return;
-    }
-    let answer = answer(&target, &content_type, &body, seen);
-    let mut stream = stream;
-    let _ = write!(
-        stream,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-        answer.len()
-    );
-}
-
-fn errcode(code: i64, msg: &str) -> String {
-    json!({"errcode": code, "errmsg": msg}).to_string()
-}
-
-/// WeCom's checks: the key, `type=file`, one multipart part `media` with a filename whose
-/// `filelength` matches, 5 B to 20 MB; `file` messages only with a media id it issued.
-fn answer(target: &str, content_type: &str, body: &[u8], seen: &Mutex<Seen>) -> String {
-    let mut seen = seen.lock().expect("lock");
-    seen.targets.push(target.replace(SECRET, "KEY"));
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let params: Vec<&str> = query.split('&').collect();
-    if !params.contains(&format!("key={SECRET}").as_str()) {
-        return errcode(93000, "invalid webhook url");
-    }
-    match path {
-        "/cgi-bin/webhook/upload_media" => {
-            if !params.contains(&"type=file") {
-                return errcode(40004, "invalid media type");
-            }
-            let Some(boundary) = content_type.strip_prefix("multipart/form-data; boundary=") else {
-                return errcode(40005, "not multipart");
-            };
-            let Some((name, filelength, data)) = media_part(body, boundary) else {
-                return errcode(41005, "media data missing");
-            };
-            if data.len() < 5 || data.len() > 20_000_000 || filelength != data.len() {
-                return errcode(40006, "invalid media size");
-            }
-            seen.uploads.push((name, filelength, data));
-            if !seen.upload_errcodes.is_empty() {
-                let code = seen.upload_errcodes.remove(0);
-                if code != 0 {
-                    return errcode(code, "scripted");
-                }
-            }
-            let id = format!("media-{}", seen.issued.len() + 1);
-            seen.issued.push(id.clone());
-            json!({"errcode": 0, "errmsg": "ok", "type": "file", "media_id": id, "created_at": "1380000000"})
-                .to_string()
-        }
-        "/cgi-bin/webhook/send" => {
-            let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-            seen.sends.push(v.clone());
-            if v["msgtype"] == "file" {
-                let id = v["file"]["media_id"].as_str().unwrap_or("");
-                if !seen.issued.iter().any(|i| i == id) {
-                    return errcode(40007, "invalid media_id");
-                }
-            }
-            errcode(0, "ok")
-        }
-        _ => errcode(404, "no such api"),
-    }
-}
-
-/// The one part named `media`: its filename, `filelength` and bytes.
-fn media_part(body: &[u8], boundary: &str) -> Option<(String, usize, Vec<u8>)> {
-    let open = format!("--{boundary}\r\n");
-    let close = format!("\r\n--{boundary}--\r\n");
-    let inner = body.strip_prefix(open.as_bytes())?.strip_suffix(close.as_bytes())?;
-    let split = inner.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&inner[..split]).ok()?;
-    let data = inner[split + 4..].to_vec();
-    let disposition = head.lines().find(|l| l.starts_with("Content-Disposition: form-data;"))?;
-    if !disposition.contains("name=\"media\"") {
-        return None;
-    }
-    let field = |name: &str| {
-        let start = disposition.find(&format!("{name}="))? + name.len() + 1;
-        let rest = &disposition[start..];
-        Some(rest.split(';').next()?.trim().trim_matches('"').to_string())
-    };
-    Some((field("filename")?, field("filelength")?.parse().ok()?, data))
-}
+use crate::util::{
+    payload, post, run_to_exit, wait_until, Behave, FakeWeCom, Relay, TempDir, A, SECRET,
+};
 
 #[test]
 fn send_test_with_file_uploads_the_file_and_sends_it() {
-    let fake = UploadFake::start(&[]);
+    let fake = FakeWeCom::start();
     let (code, out, err) = run_to_exit(&["send-test", "--key", &fake.url(), "--with-file"], &[]);
     assert_eq!(code, Some(0), "{out}{err}");
-    let seen = fake.seen.lock().expect("lock");
-    assert_eq!(seen.uploads.len(), 1, "{out}");
-    let (name, length, data) = &seen.uploads[0];
-    assert_eq!(name, "weixin-robot-test.md");
-    assert_eq!(*length, data.len());
-    assert!(String::from_utf8_lossy(data).starts_with("# weixin-robot 测试文件\n"));
-    assert_eq!(
-        seen.targets,
-        [
-            "/cgi-bin/webhook/send?key=KEY",
-            "/cgi-bin/webhook/upload_media?key=KEY&type=file",
-            "/cgi-bin/webhook/send?key=KEY"
-        ]
-    );
+    let uploads = fake.uploads();
+    assert_eq!(uploads.len(), 1, "{out}");
+    let upload = &uploads[0];
+    assert_eq!(upload.file_name, "weixin-robot-test.md");
+    assert_eq!(upload.file_length, upload.data.len());
+    assert!(String::from_utf8_lossy(&upload.data).starts_with("# weixin-robot 测试文件\n"));
+    assert_eq!(upload.target, "/cgi-bin/webhook/upload_media?key=KEY&type=file");
+    let sent = fake.received();
+    assert_eq!(sent.len(), 2, "the test message, then the file message");
     // The fake answers 40007 for an id it did not issue, so exit 0 means the right one.
-    assert_eq!(seen.sends[1], json!({"msgtype": "file", "file": {"media_id": "media-1"}}));
+    assert_eq!(sent[1].body, json!({"msgtype": "file", "file": {"media_id": upload.media_id}}));
     assert!(out.contains("upload_media?key=***&type=file"), "{out}");
     assert!(!out.contains(SECRET) && !err.contains(SECRET), "key leaked: {out}{err}");
 }
@@ -198,21 +44,68 @@ fn upload_errors_are_classified_and_never_show_the_key() {
         (45009, "rate_limited", "20 messages per minute"),
         (-1, "retry", "busy"),
     ] {
-        let fake = UploadFake::start(&[errcode]);
+        let fake = FakeWeCom::start();
+        // The test message goes through; the upload gets the errcode.
+        fake.script([Behave::Ok, Behave::Errcode(errcode)]);
         let (code, out, err) =
             run_to_exit(&["send-test", "--key", &fake.url(), "--with-file"], &[]);
         assert_eq!(code, Some(1), "{errcode}: {out}{err}");
         assert!(out.contains(&format!("errcode {errcode}")) && out.contains(hint), "{out}");
         assert!(err.contains(&format!("send-test failed ({class})")), "{err}");
         assert!(!out.contains(SECRET) && !err.contains(SECRET), "key leaked: {out}{err}");
-        let seen = fake.seen.lock().expect("lock");
-        assert_eq!(seen.sends.len(), 1, "no file message after a failed upload");
+        assert_eq!(fake.received().len(), 1, "no file message after a failed upload");
     }
     // Without --with-file nothing is uploaded.
-    let fake = UploadFake::start(&[]);
+    let fake = FakeWeCom::start();
     let (code, _, _) = run_to_exit(&["send-test", "--key", &fake.url()], &[]);
     assert_eq!(code, Some(0));
-    assert!(fake.seen.lock().expect("lock").uploads.is_empty());
+    assert!(fake.uploads().is_empty());
+}
+
+/// The fake WeCom refuses a file message whose media id it never issued (40007), as WeCom
+/// does, so a relay that sent a stale or made-up id would be caught.
+#[test]
+fn the_fake_refuses_unknown_media_ids() {
+    let fake = FakeWeCom::start();
+    let path = format!("/cgi-bin/webhook/send?key={SECRET}");
+    let body = json!({"msgtype": "file", "file": {"media_id": "never-issued"}}).to_string();
+    let answer = post(fake.addr, &path, body.as_bytes()).json();
+    assert_eq!(answer["errcode"], 40007, "{answer}");
+    assert!(fake.delivered().is_empty());
+}
+
+/// The fake enforces a budget the test chooses (45009 past it); a relay with the same
+/// `--rate` never hits it, whatever the backlog.
+#[test]
+fn a_relay_at_the_fakes_budget_is_never_rate_limited() {
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(1, Duration::from_secs(1));
+    let relay = Relay::start(&["--key", &fake.url(), "--rate", "1/1s", "--dedup-window", "0"]);
+    let mut want = Vec::new();
+    for g in 0..3 {
+        let fps: Vec<String> = (0..16).map(|i| format!("b{g}x{i}")).collect();
+        let alerts: Vec<A> = fps.iter().map(|fp| A(fp, "firing", "BudgetTest")).collect();
+        assert_eq!(relay.post(&payload(&format!("budget{g}"), &alerts)).status, 200);
+        want.extend(fps);
+    }
+    wait_until(Duration::from_secs(30), "every alert delivered", || {
+        let got = fake.delivered_alerts();
+        want.iter().all(|fp| got.iter().any(|(f, _)| f == fp))
+    });
+    let sent = fake.received();
+    assert!(sent.len() >= 3, "{} messages", sent.len());
+    assert!(
+        sent.iter().all(|r| r.answered == "Ok"),
+        "answers: {:?}",
+        sent.iter().map(|r| &r.answered).collect::<Vec<_>>()
+    );
+    // The budget is real: a second send within the window is refused.
+    let path = format!("/cgi-bin/webhook/send?key={SECRET}");
+    let body = json!({"msgtype": "text", "text": {"content": "x"}}).to_string();
+    let answers: Vec<i64> = (0..2)
+        .map(|_| post(fake.addr, &path, body.as_bytes()).json()["errcode"].as_i64().unwrap_or(0))
+        .collect();
+    assert!(answers.contains(&45009), "{answers:?}");
 }
 
 /// `render --digest` output split at its `----- … -----` headers: (header, text).

@@ -265,6 +265,21 @@ struct FakeState {
     received: Vec<Received>,
     /// Content containing this is refused with this errcode (a "poisoned" notification).
     poison: Option<(String, i64)>,
+    /// Files accepted by `upload_media`; a file message must name one of their ids.
+    uploads: Vec<Upload>,
+    /// WeCom's send budget: past this many sends within the window, errcode 45009.
+    budget: Option<(usize, Duration)>,
+}
+
+/// A file the fake accepted on `…/upload_media` (multipart part `media`).
+#[derive(Clone, Debug)]
+pub struct Upload {
+    pub media_id: String,
+    pub file_name: String,
+    /// The part's `filelength`, which WeCom's example sends and which must match.
+    pub file_length: usize,
+    pub data: Vec<u8>,
+    pub target: String,
 }
 
 pub struct FakeWeCom {
@@ -310,6 +325,8 @@ impl FakeWeCom {
             default: Behave::Ok,
             received: Vec::new(),
             poison: None,
+            uploads: Vec::new(),
+            budget: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         listener.set_nonblocking(true).expect("nonblocking");
@@ -363,6 +380,17 @@ impl FakeWeCom {
         self.state.lock().expect("fake").poison = Some((needle.to_string(), errcode));
     }
 
+    /// Enforces WeCom's budget: a send past `messages` sends (answered or not) within any
+    /// `window` gets errcode 45009, as WeCom answers (20 per 60 s for real robots).
+    pub fn enforce_budget(&self, messages: usize, window: Duration) {
+        self.state.lock().expect("fake").budget = Some((messages, window));
+    }
+
+    /// Files accepted by `upload_media`, in order.
+    pub fn uploads(&self) -> Vec<Upload> {
+        self.state.lock().expect("fake").uploads.clone()
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().expect("fake").received.clone()
     }
@@ -409,6 +437,22 @@ fn serve(mut stream: impl Read + Write, state: &Mutex<FakeState>) {
     if stream.read_exact(&mut body).is_err() {
         return;
     }
+    if target.starts_with("/cgi-bin/webhook/upload_media") {
+        let content_type = head_text
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-type").then(|| v.trim().to_string())
+            })
+            .unwrap_or_default();
+        let answer = upload(&target, &content_type, &body, state);
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+            answer.len()
+        );
+        return;
+    }
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let msgtype = parsed["msgtype"].as_str().unwrap_or("").to_string();
     let content_len = parsed[msgtype.as_str()]["content"].as_str().map_or(0, str::len);
@@ -423,8 +467,19 @@ fn serve(mut stream: impl Read + Write, state: &Mutex<FakeState>) {
             let content = parsed[msgtype.as_str()]["content"].as_str().unwrap_or("");
             content.contains(needle.as_str()).then_some(*code)
         });
-        let b = if over_limit {
+        let unknown_media = msgtype == "file" && {
+            let id = parsed["file"]["media_id"].as_str().unwrap_or("");
+            !st.uploads.iter().any(|u| u.media_id == id)
+        };
+        let over_budget = st.budget.is_some_and(|(max, window)| {
+            st.received.iter().filter(|r| r.at.elapsed() < window).count() >= max
+        });
+        let b = if over_budget {
+            Behave::Errcode(45009)
+        } else if over_limit {
             Behave::Errcode(40058)
+        } else if unknown_media {
+            Behave::Errcode(40007)
         } else if let Some(code) = poisoned {
             Behave::Errcode(code)
         } else {
@@ -658,4 +713,62 @@ pub fn relay_with_auth(fake: &FakeWeCom, token: &str, users: &str) -> (Relay, Te
         users_path.to_str().expect("utf8"),
     ]);
     (relay, dir)
+}
+
+/// WeCom's robot upload (`upload_media?key=…&type=file`): the key, one multipart part `media`
+/// with a filename and a matching `filelength`, 5 B to 20 MB; a scripted behaviour applies as
+/// for sends. Answers `{"errcode":0,"media_id":…}` and remembers the file.
+fn upload(target: &str, content_type: &str, body: &[u8], state: &Mutex<FakeState>) -> String {
+    let errcode = |code: i64| format!(r#"{{"errcode":{code},"errmsg":"fake upload"}}"#);
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let params: Vec<&str> = query.split('&').collect();
+    if !params.contains(&format!("key={SECRET}").as_str()) {
+        return errcode(93000);
+    }
+    if !params.contains(&"type=file") {
+        return errcode(40004);
+    }
+    let Some(boundary) = content_type.strip_prefix("multipart/form-data; boundary=") else {
+        return errcode(40005);
+    };
+    let Some((file_name, file_length, data)) = media_part(body, boundary) else {
+        return errcode(41005);
+    };
+    if data.len() < 5 || data.len() > 20_000_000 || file_length != data.len() {
+        return errcode(40006);
+    }
+    let mut st = state.lock().expect("fake");
+    match st.script.pop_front().unwrap_or_else(|| st.default.clone()) {
+        Behave::Ok => {}
+        Behave::Errcode(code) => return errcode(code),
+        _ => return errcode(-1),
+    }
+    let media_id = format!("media-{}", st.uploads.len() + 1);
+    st.uploads.push(Upload {
+        media_id: media_id.clone(),
+        file_name,
+        file_length,
+        data,
+        target: target.replace(SECRET, "KEY"),
+    });
+    json!({"errcode": 0, "errmsg": "ok", "type": "file", "media_id": media_id, "created_at": "1380000000"})
+        .to_string()
+}
+
+/// The one multipart part named `media`: its filename, `filelength` and bytes.
+fn media_part(body: &[u8], boundary: &str) -> Option<(String, usize, Vec<u8>)> {
+    let open = format!("--{boundary}\r\n");
+    let close = format!("\r\n--{boundary}--\r\n");
+    let inner = body.strip_prefix(open.as_bytes())?.strip_suffix(close.as_bytes())?;
+    let split = inner.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&inner[..split]).ok()?;
+    let disposition = head.lines().find(|l| l.starts_with("Content-Disposition: form-data;"))?;
+    if !disposition.contains("name=\"media\"") {
+        return None;
+    }
+    let field = |name: &str| {
+        let start = disposition.find(&format!("{name}="))? + name.len() + 1;
+        Some(disposition[start..].split(';').next()?.trim().trim_matches('"').to_string())
+    };
+    Some((field("filename")?, field("filelength")?.parse().ok()?, inner[split + 4..].to_vec()))
 }
