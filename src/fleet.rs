@@ -258,7 +258,8 @@ impl Fleet {
         }
         for rc in &config.robots {
             if let Some(robot) = new.named(&rc.name) {
-                let live = (target(&self.base, &self.client, rc), rc.rate, rc.msgtype);
+                let live =
+                    (target(&self.base, &self.client, rc), rc.rate, rc.msgtype, rc.max_delay);
                 *robot.live.lock().unwrap_or_else(|p| p.into_inner()) = live;
                 *robot.mention.lock().unwrap_or_else(|p| p.into_inner()) = rc.mention.clone();
                 *robot.template.lock().unwrap_or_else(|p| p.into_inner()) = rc.template.clone();
@@ -348,7 +349,7 @@ fn make_robot(
     rc: &RobotConfig,
     parked: &mut HashMap<String, Arc<Outbox>>,
 ) -> Result<Arc<Robot>, String> {
-    let live = (target(config, client, rc), rc.rate, rc.msgtype);
+    let live = (target(config, client, rc), rc.rate, rc.msgtype, rc.max_delay);
     let live: sender::Live = Arc::new(Mutex::new(live));
     let outbox = match parked.remove(&rc.name) {
         Some(outbox) => {

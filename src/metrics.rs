@@ -141,6 +141,12 @@ fn errcode_label(errcode: Option<i64>) -> &'static str {
     }
 }
 
+/// Storm mode: a digest and its file were accepted, telling the group `alerts` alert states.
+pub fn digest_sent(robot: &str, alerts: usize) {
+    add(format!("weixin_robot_digests_total{{robot=\"{}\"}}", label(robot)), 1);
+    add(format!("weixin_robot_alerts_digested_total{{robot=\"{}\"}}", label(robot)), alerts as u64);
+}
+
 /// Alerts given up for good (WeCom refused the one-alert message), by the send error's reason.
 pub fn alerts_failed(robot: &str, reason: &'static str, alerts: usize) {
     add(
@@ -266,6 +272,8 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
             "Alerts given up because WeCom refused them for good, by reason.",
         ),
         ("weixin_robot_sender_restarts_total", "Sender threads restarted after a panic."),
+        ("weixin_robot_digests_total", "Storm mode: digests whose file message WeCom accepted."),
+        ("weixin_robot_alerts_digested_total", "Storm mode: alert states told by a digest."),
     ] {
         counter(&mut out, name, help);
         for (series, value) in map.range(format!("{name}{{")..) {

@@ -65,6 +65,12 @@ impl Limiter {
         oldest_blocking + self.span()
     }
 
+    /// How long ago each send still in the window finished, for `digest::capacity`.
+    pub fn recent(&mut self, now: Instant) -> Vec<Duration> {
+        self.prune(now);
+        self.sends.iter().map(|t| now.saturating_duration_since(*t)).collect()
+    }
+
     /// Records a finished send (successful or not: WeCom may have counted it either way).
     pub fn record(&mut self, finished: Instant) {
         self.sends.push_back(finished);

@@ -348,6 +348,11 @@ impl Outbox {
         self.sender_alive.load(Ordering::Relaxed)
     }
 
+    /// Everything pending, by group (storm mode's digest); see `Queue::snapshot_all`.
+    pub fn snapshot_all(&self) -> Vec<queue::GroupSnap> {
+        self.lock().queue.snapshot_all()
+    }
+
     pub fn stats(&self) -> Stats {
         let s = self.lock().queue.stats(Instant::now());
         Stats {

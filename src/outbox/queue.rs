@@ -555,6 +555,15 @@ impl Queue {
         (!out.is_empty()).then_some(Snapshot::Groups(out))
     }
 
+    /// Every pending group in send order, for storm mode's digest (which covers everything
+    /// pending); empty while a legacy piece waits (those go first, as they are).
+    pub fn snapshot_all(&self) -> Vec<GroupSnap> {
+        if !self.legacy.is_empty() {
+            return Vec::new();
+        }
+        self.order.values().filter_map(|k| self.groups.get(k).map(|g| snap(k, g))).collect()
+    }
+
     /// Settles one message. Delivered: its alerts (in the versions sent) leave and are
     /// remembered as told. Refused: a message of several groups marks them to be sent alone,
     /// one of several alerts marks them to be sent one by one; only a one-alert (or legacy)

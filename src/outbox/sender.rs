@@ -16,13 +16,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::alertmanager::Payload;
+use crate::compact;
 use crate::config_file::MentionEntry;
+use crate::digest;
 use crate::metrics;
 use crate::outbox::compose::{compose, Composed, Message, Style};
 use crate::outbox::limiter::Limiter;
-use crate::outbox::queue::{Cover, Outcome};
+use crate::outbox::queue::{Cover, GroupSnap, Outcome, Snapshot};
+use crate::outbox::split;
 use crate::outbox::Outbox;
+use crate::render;
 use crate::template::Template;
+use crate::time::Timestamp;
 use crate::time::TzOffset;
 use crate::values::Rate;
 use crate::wecom::{self, Class, MsgType, SendError, WebhookUrl};
@@ -43,7 +48,8 @@ pub struct Settings {
 
 /// Where a robot sends and how fast: shared with the config reload, which swaps it while the
 /// sender runs. Read once per message.
-pub type Live = Arc<Mutex<(Target, Rate, MsgType)>>;
+/// The last field is storm mode's `max_delay`.
+pub type Live = Arc<Mutex<(Target, Rate, MsgType, Duration)>>;
 
 /// Exponential backoff with "equal jitter": half fixed, half random, so a fleet of relays
 /// that failed together does not retry together.
@@ -116,7 +122,7 @@ pub fn spawn(robot: Source, settings: Settings) -> std::io::Result<std::thread::
     })
 }
 
-fn current(live: &Live) -> (Target, Rate, MsgType) {
+fn current(live: &Live) -> (Target, Rate, MsgType, Duration) {
     live.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
@@ -130,7 +136,15 @@ fn run(robot: &Source, settings: &Settings) {
         attempt: 0,
         rng: (u64::from(seed) << 32 | u64::from(std::process::id())) | 1,
     };
-    let (_, mut rate, _) = current(live);
+    let (_, mut rate, _, _) = current(live);
+    // Storm mode's file path is closed until then after an upload failed.
+    let mut file_path_closed_until = Instant::now();
+    let mut file_backoff = Backoff {
+        initial: settings.retry_initial,
+        max: settings.retry_max,
+        attempt: 0,
+        rng: (u64::from(seed) << 16 | u64::from(std::process::id())) | 1,
+    };
     let limiter = RefCell::new(Limiter::new(rate));
     let mut hold_until = Instant::now();
     let mut failing: Option<String> = None;
@@ -155,10 +169,86 @@ fn run(robot: &Source, settings: &Settings) {
             }
         }
         // Read again: a reload may have changed the key, budget, type or template meanwhile.
-        let (target, new_rate, msgtype) = current(live);
+        let (target, new_rate, msgtype, max_delay) = current(live);
         if new_rate != rate {
             rate = new_rate;
             limiter.borrow_mut().set_rate(rate);
+        }
+        // Storm mode: when what is pending cannot reach the group within max-delay even in
+        // the compact layout, one digest message and the full list as a file tell it all.
+        if matches!(snapshot, Snapshot::Groups(_)) && Instant::now() >= file_path_closed_until {
+            let recent = limiter.borrow_mut().recent(Instant::now());
+            if let Some(groups) = storm(outbox, rate, &recent, max_delay, msgtype, settings.tz) {
+                let mut send = |body: &str| {
+                    let (result, latency) = match &target {
+                        Target::WeCom { client, url } => client.send(url, body),
+                        Target::Stdout => {
+                            println!("dry run robot={name}\n{body}");
+                            (Ok(()), Duration::ZERO)
+                        }
+                    };
+                    let finished = Instant::now();
+                    if matches!(target, Target::WeCom { .. }) {
+                        limiter.borrow_mut().record(finished);
+                    }
+                    metrics::observe_send_latency(name, latency);
+                    match &result {
+                        Ok(()) => metrics::inc_sent(name),
+                        Err(e) => metrics::inc_failed(name, e),
+                    }
+                    (result, finished)
+                };
+                let wait_budget = || outbox.pause_until(not_before(hold_until));
+                match send_digest(
+                    &groups,
+                    &target,
+                    msgtype,
+                    settings.tz,
+                    name,
+                    &mut send,
+                    &wait_budget,
+                ) {
+                    DigestEnd::Delivered(cover) => {
+                        outbox.settle(&cover, Outcome::Delivered);
+                        backoff.reset();
+                        file_backoff.reset();
+                        failing = None;
+                        continue;
+                    }
+                    DigestEnd::Stopped => return,
+                    DigestEnd::SendFailed(e, finished) => {
+                        // Nothing settled: the next round decides again.
+                        let wait = if e.class() == Class::RateLimited {
+                            let until = limiter.borrow_mut().pause_after_rate_limit(finished);
+                            until.saturating_duration_since(finished)
+                        } else {
+                            backoff.next()
+                        };
+                        hold_until = finished + wait;
+                        if e.class() == Class::Permanent {
+                            file_path_closed_until = finished + file_backoff.next();
+                        }
+                        log::warn!(
+                            "digest not delivered, will decide again robot={name} class={} {} retry_in_ms={}",
+                            e.class().as_str(),
+                            summarize(&e),
+                            wait.as_millis()
+                        );
+                        continue;
+                    }
+                    DigestEnd::UploadFailed(e) => {
+                        // Compose as usual this round; try the file path again after a back-off.
+                        let wait = file_backoff.next();
+                        file_path_closed_until = Instant::now() + wait;
+                        log::error!(
+                            "file upload failed, sending the usual messages meanwhile robot={name} class={} {} file_retry_in_ms={}",
+                            e.class().as_str(),
+                            summarize(&e),
+                            wait.as_millis()
+                        );
+                    }
+                }
+            }
         }
         let template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
         let style = Style { msgtype, template: template.as_deref(), tz: settings.tz };
@@ -170,7 +260,7 @@ fn run(robot: &Source, settings: &Settings) {
                 }
                 // A reload while the parts wait for budget: compose the rest anew with the
                 // message type and template now in force.
-                let (_, _, now_type) = current(live);
+                let (_, _, now_type, _) = current(live);
                 let now_template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
                 let same_template = match (&template, &now_template) {
                     (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -303,6 +393,103 @@ fn refused_cover(composed: &[Composed], i: usize) -> Cover {
         rest.alerts.extend(later.cover.alerts.iter().cloned());
     }
     rest
+}
+
+/// The groups to digest when the robot's budget within `max_delay` (counted from the oldest
+/// pending change, with the limiter's recent sends) fits neither the full layout (the queue's
+/// estimate) nor the compact one; `None` otherwise.
+fn storm(
+    outbox: &Outbox,
+    rate: Rate,
+    recent: &[Duration],
+    max_delay: Duration,
+    msgtype: MsgType,
+    tz: TzOffset,
+) -> Option<Vec<GroupSnap>> {
+    let stats = outbox.stats();
+    let budget = digest::capacity(rate, recent, max_delay.saturating_sub(stats.oldest_age));
+    if stats.messages as u64 <= budget {
+        return None;
+    }
+    let groups = outbox.snapshot_all();
+    let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
+    let limit = msgtype.limit();
+    let compact =
+        split::split(&render::adapt(compact::compact(&payloads, tz, limit), msgtype), limit);
+    let layout = digest::choose(stats.messages, compact.len(), budget);
+    (layout == digest::Layout::Digest && !groups.is_empty()).then_some(groups)
+}
+
+/// Sends one JSON body within the budget; the result and when the request finished.
+type SendOne<'a> = dyn FnMut(&str) -> (Result<(), SendError>, Instant) + 'a;
+
+/// How a digest round ended.
+enum DigestEnd {
+    /// Digest and file message accepted: settle these alert states as told.
+    Delivered(Cover),
+    Stopped,
+    /// The digest or the file message failed (when it finished).
+    SendFailed(SendError, Instant),
+    /// The upload failed: nothing was sent.
+    UploadFailed(SendError),
+}
+
+/// Uploads the full list, then sends the digest and the file message (each one message of
+/// the budget), and settles every covered alert state only once the file message is accepted.
+fn send_digest(
+    groups: &[GroupSnap],
+    target: &Target,
+    msgtype: MsgType,
+    tz: TzOffset,
+    name: &str,
+    send: &mut SendOne,
+    wait_budget: &dyn Fn() -> bool,
+) -> DigestEnd {
+    let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = Timestamp { unix_seconds: unix as i64, nanos: 0 };
+    let file_name = digest::file_name(now, tz);
+    let file = digest::full_list(&payloads, tz, now, wecom::MEDIA_MAX_BYTES);
+    let media_id = match target {
+        Target::WeCom { client, url } => {
+            match client.upload_media(url, &file_name, file.as_bytes()).0 {
+                Ok(id) => id,
+                Err(e) => return DigestEnd::UploadFailed(e),
+            }
+        }
+        Target::Stdout => {
+            println!("dry run robot={name} file {file_name}\n{file}");
+            "dry-run".to_string()
+        }
+    };
+    let limit = msgtype.limit();
+    let text =
+        render::adapt(digest::digest(&payloads, tz, &file_name, limit), msgtype).to_markdown();
+    if let (Err(e), at) = send(&msgtype.body(&text)) {
+        return DigestEnd::SendFailed(e, at);
+    }
+    if !wait_budget() {
+        return DigestEnd::Stopped;
+    }
+    if let (Err(e), at) = send(&wecom::file_body(&media_id)) {
+        return DigestEnd::SendFailed(e, at);
+    }
+    let cover = Cover {
+        legacy: None,
+        alerts: groups
+            .iter()
+            .flat_map(|g| g.versions.iter().map(|(id, v)| (g.key.clone(), id.clone(), *v)))
+            .collect(),
+    };
+    let alerts = cover.alerts.len();
+    metrics::digest_sent(name, alerts);
+    log::info!(
+        "digest sent robot={name} groups={} alerts={alerts} bytes={} file={file_name} file_bytes={}",
+        groups.len(),
+        text.len(),
+        file.len()
+    );
+    DigestEnd::Delivered(cover)
 }
 
 /// `errcode=N errmsg="…" hint="…"` or `error="…"`, for one log line.

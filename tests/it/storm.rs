@@ -271,3 +271,102 @@ fn render_digest_for_a_text_robot_and_from_stdin() {
         assert!(err.contains("30 alerts in 1 groups"), "{err}");
     }
 }
+
+/// Issue 15: a storm the budget cannot show within `--max-delay` is told by one digest message
+/// and the full list as a file, within the budget (the fake enforces it), with every alert in
+/// a message or in the file; afterwards a single new alert goes out in full again.
+#[test]
+fn a_storm_is_told_by_a_digest_and_a_file_within_the_budget() {
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(2, Duration::from_secs(2));
+    let relay = Relay::start(&[
+        "--key",
+        &fake.url(),
+        "--rate",
+        "2/2s",
+        "--max-delay",
+        "3s",
+        "--dedup-window",
+        "0",
+    ]);
+    let mut fps = Vec::new();
+    for g in 0..10 {
+        let group: Vec<String> = (0..30).map(|i| format!("s{g}x{i}")).collect();
+        let alerts: Vec<A> = group
+            .iter()
+            .enumerate()
+            .map(|(i, fp)| A(fp, if i % 3 == 0 { "resolved" } else { "firing" }, "StormTest"))
+            .collect();
+        assert_eq!(relay.post(&payload(&format!("storm{g}"), &alerts)).status, 200);
+        fps.extend(group);
+    }
+    let told = |fp: &String| {
+        let in_file = fake
+            .uploads()
+            .iter()
+            .any(|u| String::from_utf8_lossy(&u.data).contains(&format!("fp={fp} ")));
+        in_file || fake.delivered_alerts().iter().any(|(f, _)| f == fp)
+    };
+    wait_until(Duration::from_secs(30), "every alert in a message or the file", || {
+        fake.delivered().iter().any(|r| r.msgtype() == "file") && fps.iter().all(told)
+    });
+    let sent = fake.received();
+    assert!(sent.iter().all(|r| r.answered == "Ok"), "the budget was exceeded");
+    let digest = sent.iter().find(|r| r.content().contains("告警汇总")).expect("a digest");
+    assert!(digest.content().contains("完整列表见随后的附件 alerts-"), "{}", digest.content());
+    assert!(sent.len() <= 6, "{} messages for 300 alerts", sent.len());
+    let uploads = fake.uploads();
+    assert_eq!(uploads.len(), 1);
+    assert!(uploads[0].file_name.starts_with("alerts-") && uploads[0].file_name.ends_with(".md"));
+    let metrics = relay.metrics();
+    assert!(metrics.contains("weixin_robot_digests_total{robot=\"default\"} 1"), "{metrics}");
+    assert!(relay.logs().contains("digest sent robot=default"), "{}", relay.logs());
+
+    // The storm is over: one new alert is sent in full, not digested.
+    let before = fake.received().len();
+    assert_eq!(relay.post(&payload("calm", &[A("calm1", "firing", "AfterStorm")])).status, 200);
+    wait_until(Duration::from_secs(10), "the new alert in full", || {
+        fake.delivered_alerts().iter().any(|(f, _)| f == "calm1")
+    });
+    assert!(fake.received()[before..].iter().all(|r| !r.content().contains("告警汇总")));
+    assert_eq!(fake.uploads().len(), 1);
+}
+
+/// An upload WeCom refuses for good: the relay sends the usual messages instead (nothing is
+/// lost, no file message, the budget kept) and tries the file path again only after a back-off.
+#[test]
+fn a_refused_upload_falls_back_to_the_usual_messages() {
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(20, Duration::from_secs(1));
+    fake.fail_uploads(93000);
+    let relay = Relay::start(&[
+        "--key",
+        &fake.url(),
+        "--rate",
+        "20/1s",
+        "--max-delay",
+        "1ms",
+        "--dedup-window",
+        "0",
+    ]);
+    let mut fps = Vec::new();
+    for g in 0..5 {
+        let group: Vec<String> = (0..300).map(|i| format!("f{g}x{i}")).collect();
+        let alerts: Vec<A> = group.iter().map(|fp| A(fp, "firing", "FallbackTest")).collect();
+        assert_eq!(relay.post(&payload(&format!("fallback{g}"), &alerts)).status, 200);
+        fps.extend(group);
+    }
+    wait_until(Duration::from_secs(60), "every alert in a message", || {
+        let got = fake.delivered_alerts();
+        fps.iter().all(|fp| got.iter().any(|(f, _)| f == fp))
+    });
+    assert!(fake.upload_failures() >= 1, "the file path was tried");
+    let sent = fake.received();
+    assert!(sent.iter().all(|r| r.msgtype() != "file"), "no file message without a file");
+    assert!(sent.iter().all(|r| r.answered == "Ok"), "the budget was exceeded");
+    let logs = relay.logs();
+    assert!(logs.contains("file upload failed") && logs.contains("errcode=93000"), "{logs}");
+    assert!(!logs.contains(SECRET), "key in the logs");
+    // Back-off: far fewer upload attempts than messages.
+    assert!(fake.upload_failures() * 5 < sent.len(), "{} uploads", fake.upload_failures());
+}

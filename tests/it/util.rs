@@ -269,6 +269,9 @@ struct FakeState {
     uploads: Vec<Upload>,
     /// WeCom's send budget: past this many sends within the window, errcode 45009.
     budget: Option<(usize, Duration)>,
+    /// Every upload is answered with this errcode (and counted in `upload_failures`).
+    upload_errcode: Option<i64>,
+    upload_failures: usize,
 }
 
 /// A file the fake accepted on `…/upload_media` (multipart part `media`).
@@ -327,6 +330,8 @@ impl FakeWeCom {
             poison: None,
             uploads: Vec::new(),
             budget: None,
+            upload_errcode: None,
+            upload_failures: 0,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         listener.set_nonblocking(true).expect("nonblocking");
@@ -384,6 +389,16 @@ impl FakeWeCom {
     /// `window` gets errcode 45009, as WeCom answers (20 per 60 s for real robots).
     pub fn enforce_budget(&self, messages: usize, window: Duration) {
         self.state.lock().expect("fake").budget = Some((messages, window));
+    }
+
+    /// Answers every upload with `errcode` from now on; returns nothing to undo it.
+    pub fn fail_uploads(&self, errcode: i64) {
+        self.state.lock().expect("fake").upload_errcode = Some(errcode);
+    }
+
+    /// Uploads answered with the `fail_uploads` errcode.
+    pub fn upload_failures(&self) -> usize {
+        self.state.lock().expect("fake").upload_failures
     }
 
     /// Files accepted by `upload_media`, in order.
@@ -738,6 +753,10 @@ fn upload(target: &str, content_type: &str, body: &[u8], state: &Mutex<FakeState
         return errcode(40006);
     }
     let mut st = state.lock().expect("fake");
+    if let Some(code) = st.upload_errcode {
+        st.upload_failures += 1;
+        return errcode(code);
+    }
     match st.script.pop_front().unwrap_or_else(|| st.default.clone()) {
         Behave::Ok => {}
         Behave::Errcode(code) => return errcode(code),
