@@ -111,8 +111,8 @@ pub const FLAGS: &[Flag] = &[
         Some("WEIXIN_ROBOT_MAX_DELAY"),
         Some("DURATION"),
         Some("2m"),
-        "storm mode: longest a change may wait before the group sees it (render --digest \
-         previews the layout this picks; the sender does not apply it yet)",
+        "storm mode: longest a change may wait before the group sees it; when the budget \
+         cannot show everything pending by then, a digest and a file tell it",
     ),
     flag(
         "--state-dir",

@@ -43,7 +43,8 @@ pub fn render(config: &Config, path: Option<&Path>) -> Result<(), String> {
 /// Previews storm mode for one or more payloads (`-`, or no file: stdin), as one robot's
 /// pending state: the layout its budget within `max_delay` picks, then the digest message, the
 /// attached file and the compact messages (what is sent instead when the upload fails).
-/// Nothing is sent and keys are never read. The sender does not use storm mode yet.
+/// Nothing is sent and keys are never read. The relay's sender makes the same choice with its
+/// limiter's recent sends (and sends the full layout where this says compact, for now).
 pub fn render_digest(config: &Config, paths: &[PathBuf]) -> Result<(), String> {
     let mut groups = Vec::new();
     if paths.is_empty() {

@@ -9,6 +9,11 @@
 //! message is given up (logged with a hint, counted per alert, kept in `failed/`). Every
 //! attempt spends budget, as WeCom counts failed calls too.
 //!
+//! Storm mode: before composing, when the budget left until the oldest pending change is
+//! `max_delay` old fits neither the full nor the compact layout, everything pending is told by
+//! one digest message and the full list as a file ([`crate::digest`]), settled only once the
+//! file message is accepted; a failed upload falls back to the usual messages for a back-off.
+//!
 //! A failure is logged when it starts or changes, not on every retry.
 
 use std::cell::RefCell;

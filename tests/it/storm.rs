@@ -4,9 +4,8 @@
 //! WeCom does, answers 40007 for a media id it never issued and enforces a budget the test
 //! chooses (45009 past it).
 //!
-//! The sender does not use storm mode yet (wiring it into the state outbox of issue 14 is what
-//! remains), so these tests cover the parts that exist: what the group would see, the upload
-//! path and the fake WeCom that the wiring will be tested against.
+//! The relay itself: a storm told by a digest and a file within the budget, and a refused
+//! upload falling back to the usual messages.
 
 use std::io::Write;
 use std::time::Duration;
