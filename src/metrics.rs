@@ -25,16 +25,35 @@ static DEDUP_ENTRIES: AtomicU64 = AtomicU64::new(0);
 /// Send latency buckets in seconds.
 const BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Delivery delay buckets in seconds: storm mode's `--max-delay` is 2 minutes by default.
+const DELAY_BUCKETS: [f64; 10] = [1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
+
 struct Histogram {
     counts: [u64; BUCKETS.len()],
     sum: f64,
     count: u64,
 }
 
+impl Histogram {
+    const EMPTY: Histogram = Histogram { counts: [0; BUCKETS.len()], sum: 0.0, count: 0 };
+
+    fn observe(&mut self, buckets: &[f64; BUCKETS.len()], value: f64) {
+        for (i, bound) in buckets.iter().enumerate() {
+            if value <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+}
+
 /// Labelled counters: series text (`name{labels}`) → value.
 static COUNTERS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 /// Send latency per robot.
 static LATENCY: Mutex<BTreeMap<String, Histogram>> = Mutex::new(BTreeMap::new());
+/// Acceptance → the message or file that told the alert's state, per robot.
+static DELAY: Mutex<BTreeMap<String, Histogram>> = Mutex::new(BTreeMap::new());
 /// Unix time of the last message WeCom accepted, per robot.
 static LAST_DELIVERY: Mutex<BTreeMap<String, f64>> = Mutex::new(BTreeMap::new());
 /// The last configuration load: (successful, unix time of the last successful one).
@@ -194,6 +213,15 @@ pub fn observe_send_latency(robot: &str, d: Duration) {
     h.count += 1;
 }
 
+/// Alert states told to a robot's group, each `delays` after it was accepted.
+pub fn observe_delivery_delays(robot: &str, delays: impl Iterator<Item = Duration>) {
+    let mut all = DELAY.lock().unwrap_or_else(|p| p.into_inner());
+    let h = all.entry(robot.to_string()).or_insert(Histogram::EMPTY);
+    for d in delays {
+        h.observe(&DELAY_BUCKETS, d.as_secs_f64());
+    }
+}
+
 /// Outbox gauges, passed in by the caller so this module needs no outbox.
 pub struct Gauges {
     pub robot: String,
@@ -322,6 +350,24 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
     for (robot, h) in LATENCY.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         let robot = label(robot);
         for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ =
+                writeln!(out, "{name}_bucket{{robot=\"{robot}\",le=\"{bound}\"}} {}", h.counts[i]);
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{robot=\"{robot}\",le=\"+Inf\"}} {}\n{name}_sum{{robot=\"{robot}\"}} {}\n{name}_count{{robot=\"{robot}\"}} {}",
+            h.count, h.sum, h.count
+        );
+    }
+
+    let name = "weixin_robot_delivery_delay_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time from accepting an alert state to the message or file that told it, by robot.\n# TYPE {name} histogram"
+    );
+    for (robot, h) in DELAY.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let robot = label(robot);
+        for (i, bound) in DELAY_BUCKETS.iter().enumerate() {
             let _ =
                 writeln!(out, "{name}_bucket{{robot=\"{robot}\",le=\"{bound}\"}} {}", h.counts[i]);
         }

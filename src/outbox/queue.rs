@@ -219,6 +219,8 @@ pub struct GroupSnap {
     pub versions: Vec<(String, u64)>,
     pub solo: Vec<bool>,
     pub alone: bool,
+    /// When each alert's pending state was accepted (for the delivery delay).
+    pub since: Vec<Instant>,
 }
 
 #[derive(Clone, Debug)]
@@ -718,6 +720,7 @@ fn snap(key: &str, g: &Group) -> GroupSnap {
         versions: all.iter().map(|(id, p)| ((*id).clone(), p.version)).collect(),
         solo: all.iter().map(|(_, p)| p.solo).collect(),
         alone: g.alone,
+        since: all.iter().map(|(_, p)| p.since).collect(),
     }
 }
 

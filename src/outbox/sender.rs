@@ -17,6 +17,7 @@
 //! A failure is logged when it starts or changes, not on every retry.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -215,6 +216,15 @@ fn run(robot: &Source, settings: &Settings) {
                 ) {
                     DigestEnd::Delivered(cover) => {
                         outbox.settle(&cover, Outcome::Delivered);
+                        let accepted: HashMap<_, _> = groups.iter().flat_map(accepted_at).collect();
+                        metrics::observe_delivery_delays(
+                            name,
+                            cover
+                                .alerts
+                                .iter()
+                                .filter_map(|a| accepted.get(a))
+                                .map(|t| t.elapsed()),
+                        );
                         backoff.reset();
                         file_backoff.reset();
                         failing = None;
@@ -255,6 +265,11 @@ fn run(robot: &Source, settings: &Settings) {
                 }
             }
         }
+        // When each covered state was accepted, for the delivery delay.
+        let accepted: HashMap<(String, String, u64), Instant> = match &snapshot {
+            Snapshot::Groups(groups) => groups.iter().flat_map(accepted_at).collect(),
+            Snapshot::Legacy { .. } => HashMap::new(),
+        };
         let template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
         let style = Style { msgtype, template: template.as_deref(), tz: settings.tz };
         let composed = compose(snapshot, &style, &|p: &Payload| (robot.mentions)(p));
@@ -316,6 +331,10 @@ fn run(robot: &Source, settings: &Settings) {
                     );
                     backoff.reset();
                     outbox.settle(&c.cover, Outcome::Delivered);
+                    metrics::observe_delivery_delays(
+                        name,
+                        c.cover.alerts.iter().filter_map(|a| accepted.get(a)).map(|t| t.elapsed()),
+                    );
                 }
                 Err(e) => {
                     let class = e.class();
@@ -427,6 +446,14 @@ fn storm(
 
 /// Sends one JSON body within the budget; the result and when the request finished.
 type SendOne<'a> = dyn FnMut(&str) -> (Result<(), SendError>, Instant) + 'a;
+
+/// (group key, identity, version) → when that state was accepted.
+fn accepted_at(g: &GroupSnap) -> impl Iterator<Item = ((String, String, u64), Instant)> + '_ {
+    g.versions
+        .iter()
+        .zip(&g.since)
+        .map(|((id, v), since)| ((g.key.clone(), id.clone(), *v), *since))
+}
 
 /// How a digest round ended.
 enum DigestEnd {

@@ -317,8 +317,16 @@ fn a_storm_is_told_by_a_digest_and_a_file_within_the_budget() {
     let uploads = fake.uploads();
     assert_eq!(uploads.len(), 1);
     assert!(uploads[0].file_name.starts_with("alerts-") && uploads[0].file_name.ends_with(".md"));
-    let metrics = relay.metrics();
-    assert!(metrics.contains("weixin_robot_digests_total{robot=\"default\"} 1"), "{metrics}");
+    // Counted once the file message is settled (just after the fake answered it).
+    let want = [
+        "weixin_robot_digests_total{robot=\"default\"} 1\n",
+        // Every alert's delay observed once: by the message or the file that told it.
+        "weixin_robot_delivery_delay_seconds_count{robot=\"default\"} 300\n",
+    ];
+    wait_until(Duration::from_secs(5), "digest metrics", || {
+        let metrics = relay.metrics();
+        want.iter().all(|w| metrics.contains(w))
+    });
     assert!(relay.logs().contains("digest sent robot=default"), "{}", relay.logs());
 
     // The storm is over: one new alert is sent in full, not digested.
