@@ -44,7 +44,7 @@ pub fn render(config: &Config, path: Option<&Path>) -> Result<(), String> {
 /// pending state: the layout its budget within `max_delay` picks, then the digest message, the
 /// attached file and the compact messages (what is sent instead when the upload fails).
 /// Nothing is sent and keys are never read. The relay's sender makes the same choice with its
-/// limiter's recent sends (and sends the full layout where this says compact, for now).
+/// limiter's recent sends.
 pub fn render_digest(config: &Config, paths: &[PathBuf]) -> Result<(), String> {
     let mut groups = Vec::new();
     if paths.is_empty() {

@@ -61,6 +61,22 @@ fn shared(
 
 /// The compact layout of `groups`, blocks of at most `limit` bytes minus the heading's room.
 pub fn compact(groups: &[Payload], tz: TzOffset, limit: usize) -> Document {
+    let sections = sections(groups, tz, limit)
+        .into_iter()
+        .map(|(heading, blocks)| Section {
+            heading,
+            alerts: blocks.into_iter().map(|(text, _)| text).collect(),
+        })
+        .collect();
+    Document { sections, footer: None }
+}
+
+/// A block's text and the (group, alert) indices of the alerts it shows.
+pub type Block = (String, Vec<(usize, usize)>);
+
+/// The compact layout as sections (heading, blocks), each block with the alerts it shows, so
+/// a sender can settle exactly what each message told.
+pub fn sections(groups: &[Payload], tz: TzOffset, limit: usize) -> Vec<(String, Vec<Block>)> {
     let all = items(groups);
     let block_max = limit.saturating_sub(HEADING_ROOM_BYTES).max(200);
     let mut sections = Vec::new();
@@ -86,12 +102,10 @@ pub fn compact(groups: &[Payload], tz: TzOffset, limit: usize) -> Document {
         for (name, crowd) in &crowds {
             crowd_blocks(name, crowd, colour, tz, block_max, &mut blocks);
         }
-        sections.push(Section {
-            heading: format!("## <font color=\"{colour}\">{title}</font> 共 {count} 条"),
-            alerts: blocks,
-        });
+        sections
+            .push((format!("## <font color=\"{colour}\">{title}</font> 共 {count} 条"), blocks));
     }
-    Document { sections, footer: None }
+    sections
 }
 
 /// One crowd's block(s), appended to `out`.
@@ -101,7 +115,7 @@ fn crowd_blocks(
     colour: &str,
     tz: TzOffset,
     block_max: usize,
-    out: &mut Vec<String>,
+    out: &mut Vec<Block>,
 ) {
     let mut label_names: Vec<String> = crowd
         .iter()
@@ -158,6 +172,7 @@ fn crowd_blocks(
     let mut sorted: Vec<&Item> = crowd.iter().collect();
     sorted.sort_by_key(|i| i.alert.starts_at);
     let mut block = head;
+    let mut shown = Vec::new();
     let mut lines_in_block = 0;
     for item in sorted {
         let mut line = format!("> {}", short_time(item.alert.starts_at, tz));
@@ -182,14 +197,16 @@ fn crowd_blocks(
         }
         let line = cut_utf8(&line, LINE_MAX_BYTES);
         if lines_in_block > 0 && block.len() + 1 + line.len() > block_max {
-            out.push(std::mem::replace(&mut block, format!("{first_line} (续)")));
+            let text = std::mem::replace(&mut block, format!("{first_line} (续)"));
+            out.push((text, std::mem::take(&mut shown)));
             lines_in_block = 0;
         }
         block.push('\n');
         block.push_str(line);
+        shown.push(item.index);
         lines_in_block += 1;
     }
-    out.push(block);
+    out.push((block, shown));
 }
 
 #[cfg(test)]

@@ -36,6 +36,8 @@ pub const NEWEST_NAMED: usize = 8;
 pub struct Item<'a> {
     pub alert: &'a Alert,
     pub group: &'a Payload,
+    /// (group, alert) index in the input, so a layout can say which alerts a block shows.
+    pub index: (usize, usize),
 }
 
 impl Item<'_> {
@@ -75,7 +77,17 @@ impl Item<'_> {
 
 /// Every alert of every group, in the groups' order.
 pub fn items(groups: &[Payload]) -> Vec<Item<'_>> {
-    groups.iter().flat_map(|g| g.alerts.iter().map(move |a| Item { alert: a, group: g })).collect()
+    groups
+        .iter()
+        .enumerate()
+        .flat_map(|(gi, g)| {
+            g.alerts.iter().enumerate().map(move |(ai, a)| Item {
+                alert: a,
+                group: g,
+                index: (gi, ai),
+            })
+        })
+        .collect()
 }
 
 /// Sort rank of a severity: critical first, unknown and missing last.

@@ -10,9 +10,10 @@
 //! attempt spends budget, as WeCom counts failed calls too.
 //!
 //! Storm mode: before composing, when the budget left until the oldest pending change is
-//! `max_delay` old fits neither the full nor the compact layout, everything pending is told by
-//! one digest message and the full list as a file ([`crate::digest`]), settled only once the
-//! file message is accepted; a failed upload falls back to the usual messages for a back-off.
+//! `max_delay` old does not fit the full layout, everything pending goes in the compact layout
+//! ([`crate::compact`]) if that fits, else as one digest message and the full list as a file
+//! ([`crate::digest`]), settled only once the file message is accepted; a failed upload falls
+//! back to compact messages, and the file path reopens after a back-off.
 //!
 //! A failure is logged when it starts or changes, not on every retry.
 
@@ -32,6 +33,7 @@ use crate::outbox::queue::{Cover, GroupSnap, Outcome, Snapshot};
 use crate::outbox::split;
 use crate::outbox::Outbox;
 use crate::render;
+use crate::render::{Document, Section};
 use crate::template::Template;
 use crate::time::Timestamp;
 use crate::time::TzOffset;
@@ -182,9 +184,16 @@ fn run(robot: &Source, settings: &Settings) {
         }
         // Storm mode: when what is pending cannot reach the group within max-delay even in
         // the compact layout, one digest message and the full list as a file tell it all.
-        if matches!(snapshot, Snapshot::Groups(_)) && Instant::now() >= file_path_closed_until {
+        // When compact fits (or the file path is closed), everything pending in the compact
+        // layout, each message settling exactly the alerts it shows.
+        let mut compact_groups = None;
+        if matches!(snapshot, Snapshot::Groups(_)) {
             let recent = limiter.borrow_mut().recent(Instant::now());
-            if let Some(groups) = storm(outbox, rate, &recent, max_delay, msgtype, settings.tz) {
+            let file_open = Instant::now() >= file_path_closed_until;
+            let plan = storm(outbox, rate, &recent, max_delay, msgtype, settings.tz, file_open);
+            if let Some(Storm::Compact(groups)) = plan {
+                compact_groups = Some(groups);
+            } else if let Some(Storm::Digest(groups)) = plan {
                 let mut send = |body: &str| {
                     let (result, latency) = match &target {
                         Target::WeCom { client, url } => client.send(url, body),
@@ -252,7 +261,8 @@ fn run(robot: &Source, settings: &Settings) {
                         continue;
                     }
                     DigestEnd::UploadFailed(e) => {
-                        // Compose as usual this round; try the file path again after a back-off.
+                        // Compact messages this round; the file path again after a back-off.
+                        compact_groups = Some(groups);
                         let wait = file_backoff.next();
                         file_path_closed_until = Instant::now() + wait;
                         log::error!(
@@ -266,13 +276,22 @@ fn run(robot: &Source, settings: &Settings) {
             }
         }
         // When each covered state was accepted, for the delivery delay.
-        let accepted: HashMap<(String, String, u64), Instant> = match &snapshot {
-            Snapshot::Groups(groups) => groups.iter().flat_map(accepted_at).collect(),
-            Snapshot::Legacy { .. } => HashMap::new(),
-        };
         let template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
         let style = Style { msgtype, template: template.as_deref(), tz: settings.tz };
-        let composed = compose(snapshot, &style, &|p: &Payload| (robot.mentions)(p));
+        let (composed, accepted): (_, HashMap<(String, String, u64), Instant>) =
+            match compact_groups {
+                Some(groups) => (
+                    compact_messages(&groups, msgtype, settings.tz),
+                    groups.iter().flat_map(accepted_at).collect(),
+                ),
+                None => {
+                    let accepted = match &snapshot {
+                        Snapshot::Groups(groups) => groups.iter().flat_map(accepted_at).collect(),
+                        Snapshot::Legacy { .. } => HashMap::new(),
+                    };
+                    (compose(snapshot, &style, &|p: &Payload| (robot.mentions)(p)), accepted)
+                }
+            };
         for (i, c) in composed.iter().enumerate() {
             if i > 0 {
                 if !outbox.pause_until(not_before(hold_until)) {
@@ -419,9 +438,16 @@ fn refused_cover(composed: &[Composed], i: usize) -> Cover {
     rest
 }
 
-/// The groups to digest when the robot's budget within `max_delay` (counted from the oldest
-/// pending change, with the limiter's recent sends) fits neither the full layout (the queue's
-/// estimate) nor the compact one; `None` otherwise.
+/// Storm mode's choice for everything pending.
+enum Storm {
+    Compact(Vec<GroupSnap>),
+    Digest(Vec<GroupSnap>),
+}
+
+/// When the robot's budget within `max_delay` (counted from the oldest pending change, with
+/// the limiter's recent sends) does not fit the full layout (the queue's estimate): compact
+/// when that fits or the file path is closed (`file_open` false), else the digest; `None`
+/// while the full layout fits.
 fn storm(
     outbox: &Outbox,
     rate: Rate,
@@ -429,7 +455,8 @@ fn storm(
     max_delay: Duration,
     msgtype: MsgType,
     tz: TzOffset,
-) -> Option<Vec<GroupSnap>> {
+    file_open: bool,
+) -> Option<Storm> {
     let stats = outbox.stats();
     let budget = digest::capacity(rate, recent, max_delay.saturating_sub(stats.oldest_age));
     if stats.messages as u64 <= budget {
@@ -440,8 +467,72 @@ fn storm(
     let limit = msgtype.limit();
     let compact =
         split::split(&render::adapt(compact::compact(&payloads, tz, limit), msgtype), limit);
-    let layout = digest::choose(stats.messages, compact.len(), budget);
-    (layout == digest::Layout::Digest && !groups.is_empty()).then_some(groups)
+    match digest::choose(stats.messages, compact.len(), budget) {
+        _ if groups.is_empty() => None,
+        digest::Layout::Full => None,
+        digest::Layout::Digest if file_open => Some(Storm::Digest(groups)),
+        _ => Some(Storm::Compact(groups)),
+    }
+}
+
+/// Everything pending in the compact layout: the blocks of each section packed into messages
+/// of at most the message type's limit, each covering exactly the alerts its blocks show.
+fn compact_messages(groups: &[GroupSnap], msgtype: MsgType, tz: TzOffset) -> Vec<Composed> {
+    let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
+    let limit = msgtype.limit();
+    let cover = |shown: &[(usize, usize)]| Cover {
+        legacy: None,
+        alerts: shown
+            .iter()
+            .filter_map(|&(gi, ai)| {
+                let g = groups.get(gi)?;
+                let (id, version) = g.versions.get(ai)?;
+                Some((g.key.clone(), id.clone(), *version))
+            })
+            .collect(),
+    };
+    let message = |heading: &str, blocks: &[String], shown: &[(usize, usize)]| {
+        let doc = Document {
+            sections: vec![Section { heading: heading.to_string(), alerts: blocks.to_vec() }],
+            footer: None,
+        };
+        let c = cover(shown);
+        Composed {
+            message: Message::Content {
+                msgtype,
+                content: render::adapt(doc, msgtype).to_markdown(),
+            },
+            groups: c.groups(),
+            cover: c,
+            part: None,
+        }
+    };
+    let mut out = Vec::new();
+    for (heading, blocks) in compact::sections(&payloads, tz, limit) {
+        let (mut texts, mut shown) = (Vec::new(), Vec::new());
+        for (text, alerts) in blocks {
+            let fits = {
+                let mut trial = texts.clone();
+                trial.push(text.clone());
+                let doc = Document {
+                    sections: vec![Section { heading: heading.clone(), alerts: trial }],
+                    footer: None,
+                };
+                render::adapt(doc, msgtype).to_markdown().len() <= limit
+            };
+            if !fits && !texts.is_empty() {
+                out.push(message(&heading, &texts, &shown));
+                texts.clear();
+                shown.clear();
+            }
+            texts.push(text);
+            shown.extend(alerts);
+        }
+        if !texts.is_empty() {
+            out.push(message(&heading, &texts, &shown));
+        }
+    }
+    out
 }
 
 /// Sends one JSON body within the budget; the result and when the request finished.

@@ -271,6 +271,14 @@ fn render_digest_for_a_text_robot_and_from_stdin() {
     }
 }
 
+/// Whether a delivered message tells `fp` (built by `payload`): in the full layout by its
+/// `fp=` marker, in the compact one by its `instance=` line.
+fn told_in_messages(fake: &FakeWeCom, fp: &str) -> bool {
+    let compact = format!("instance={fp}.example:9100");
+    fake.delivered_alerts().iter().any(|(f, _)| f == fp)
+        || fake.delivered().iter().any(|r| r.content().contains(&compact))
+}
+
 /// Issue 15: a storm the budget cannot show within `--max-delay` is told by one digest message
 /// and the full list as a file, within the budget (the fake enforces it), with every alert in
 /// a message or in the file; afterwards a single new alert goes out in full again.
@@ -304,7 +312,7 @@ fn a_storm_is_told_by_a_digest_and_a_file_within_the_budget() {
             .uploads()
             .iter()
             .any(|u| String::from_utf8_lossy(&u.data).contains(&format!("fp={fp} ")));
-        in_file || fake.delivered_alerts().iter().any(|(f, _)| f == fp)
+        in_file || told_in_messages(&fake, fp)
     };
     wait_until(Duration::from_secs(30), "every alert in a message or the file", || {
         fake.delivered().iter().any(|r| r.msgtype() == "file") && fps.iter().all(told)
@@ -339,18 +347,18 @@ fn a_storm_is_told_by_a_digest_and_a_file_within_the_budget() {
     assert_eq!(fake.uploads().len(), 1);
 }
 
-/// An upload WeCom refuses for good: the relay sends the usual messages instead (nothing is
+/// An upload WeCom refuses for good: the relay sends compact messages instead (nothing is
 /// lost, no file message, the budget kept) and tries the file path again only after a back-off.
 #[test]
-fn a_refused_upload_falls_back_to_the_usual_messages() {
+fn a_refused_upload_falls_back_to_compact_messages() {
     let fake = FakeWeCom::start();
-    fake.enforce_budget(20, Duration::from_secs(1));
+    fake.enforce_budget(5, Duration::from_secs(1));
     fake.fail_uploads(93000);
     let relay = Relay::start(&[
         "--key",
         &fake.url(),
         "--rate",
-        "20/1s",
+        "5/1s",
         "--max-delay",
         "1ms",
         "--dedup-window",
@@ -364,8 +372,7 @@ fn a_refused_upload_falls_back_to_the_usual_messages() {
         fps.extend(group);
     }
     wait_until(Duration::from_secs(60), "every alert in a message", || {
-        let got = fake.delivered_alerts();
-        fps.iter().all(|fp| got.iter().any(|(f, _)| f == fp))
+        fps.iter().all(|fp| told_in_messages(&fake, fp))
     });
     assert!(fake.upload_failures() >= 1, "the file path was tried");
     let sent = fake.received();
@@ -374,6 +381,46 @@ fn a_refused_upload_falls_back_to_the_usual_messages() {
     let logs = relay.logs();
     assert!(logs.contains("file upload failed") && logs.contains("errcode=93000"), "{logs}");
     assert!(!logs.contains(SECRET), "key in the logs");
+    assert!(sent.iter().any(|r| r.content().contains("FallbackTest</font> × ")), "compact");
     // Back-off: far fewer upload attempts than messages.
-    assert!(fake.upload_failures() * 5 < sent.len(), "{} uploads", fake.upload_failures());
+    assert!(fake.upload_failures() * 2 < sent.len(), "{} uploads", fake.upload_failures());
+}
+
+/// When the compact layout fits the budget within `--max-delay` and the full one does not, the
+/// backlog goes out compact: a crowd of one alertname as one block, every alert on a line.
+#[test]
+fn a_backlog_that_fits_compact_goes_out_compact() {
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(5, Duration::from_secs(1));
+    let relay = Relay::start(&[
+        "--key",
+        &fake.url(),
+        "--rate",
+        "5/1s",
+        "--max-delay",
+        "2s",
+        "--dedup-window",
+        "0",
+    ]);
+    let mut fps = Vec::new();
+    for g in 0..6 {
+        let group: Vec<String> = (0..30).map(|i| format!("c{g}x{i}")).collect();
+        let alerts: Vec<A> = group.iter().map(|fp| A(fp, "firing", "CompactTest")).collect();
+        assert_eq!(relay.post(&payload(&format!("compact{g}"), &alerts)).status, 200);
+        fps.extend(group);
+    }
+    wait_until(Duration::from_secs(30), "every alert in a message", || {
+        fps.iter().all(|fp| told_in_messages(&fake, fp))
+    });
+    let sent = fake.received();
+    assert!(sent.iter().all(|r| r.answered == "Ok"), "the budget was exceeded");
+    let compact: Vec<_> = sent
+        .iter()
+        .filter(|r| r.content().contains("<font color=\"warning\">CompactTest</font> × "))
+        .collect();
+    assert!(!compact.is_empty(), "no compact message");
+    assert!(fake.uploads().is_empty(), "no digest needed");
+    // 180 alerts in the full layout take about 36 messages; compact a handful.
+    assert!(sent.len() <= 12, "{} messages", sent.len());
+    assert!(sent.iter().all(|r| r.content().len() <= 4096));
 }
