@@ -147,6 +147,7 @@ fn run(robot: &Source, settings: &Settings) {
     let (_, mut rate, _, _) = current(live);
     // Storm mode's file path is closed until then after an upload failed.
     let mut file_path_closed_until = Instant::now();
+    let mut upload_failing: Option<String> = None;
     let mut file_backoff = Backoff {
         initial: settings.retry_initial,
         max: settings.retry_max,
@@ -225,6 +226,9 @@ fn run(robot: &Source, settings: &Settings) {
                 ) {
                     DigestEnd::Delivered(cover) => {
                         outbox.settle(&cover, Outcome::Delivered);
+                        if let Some(previous) = upload_failing.take() {
+                            log::info!("file upload recovered robot={name} after=\"{previous}\"");
+                        }
                         let accepted: HashMap<_, _> = groups.iter().flat_map(accepted_at).collect();
                         metrics::observe_delivery_delays(
                             name,
@@ -265,12 +269,21 @@ fn run(robot: &Source, settings: &Settings) {
                         compact_groups = Some(groups);
                         let wait = file_backoff.next();
                         file_path_closed_until = Instant::now() + wait;
-                        log::error!(
-                            "file upload failed, sending the usual messages meanwhile robot={name} class={} {} file_retry_in_ms={}",
-                            e.class().as_str(),
-                            summarize(&e),
-                            wait.as_millis()
-                        );
+                        // Logged when it starts or changes, not on every attempt.
+                        let summary = summarize(&e);
+                        if upload_failing.as_deref() != Some(summary.as_str()) {
+                            log::error!(
+                                "file upload failed, sending compact messages meanwhile robot={name} class={} {summary} file_retry_in_ms={}",
+                                e.class().as_str(),
+                                wait.as_millis()
+                            );
+                            upload_failing = Some(summary);
+                        } else {
+                            log::debug!(
+                                "file upload failed again robot={name} file_retry_in_ms={}",
+                                wait.as_millis()
+                            );
+                        }
                     }
                 }
             }

@@ -380,6 +380,7 @@ fn a_refused_upload_falls_back_to_compact_messages() {
     assert!(sent.iter().all(|r| r.answered == "Ok"), "the budget was exceeded");
     let logs = relay.logs();
     assert!(logs.contains("file upload failed") && logs.contains("errcode=93000"), "{logs}");
+    assert_eq!(logs.matches("file upload failed").count(), 1, "logged once: {logs}");
     assert!(!logs.contains(SECRET), "key in the logs");
     assert!(sent.iter().any(|r| r.content().contains("FallbackTest</font> × ")), "compact");
     // Back-off: far fewer upload attempts than messages.
