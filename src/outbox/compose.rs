@@ -101,6 +101,38 @@ fn covers(g: &GroupSnap, range: std::ops::Range<usize>) -> Vec<(String, String, 
 }
 
 /// The mention text for a group, when someone is to be mentioned.
+/// One @-mention for many groups at once (storm mode's compact and digest rounds): everyone
+/// any of them would mention, with the firing count and alertnames over all of them.
+pub fn mention_all(
+    payloads: &[Payload],
+    mentions: &dyn Fn(&Payload) -> MentionEntry,
+) -> Option<Composed> {
+    let first = payloads.first()?;
+    let mut who = MentionEntry::default();
+    let mut merged =
+        Payload { alerts: Vec::new(), common_labels: Default::default(), ..first.clone() };
+    for p in payloads {
+        let m = mentions(p);
+        who.users.extend(m.users);
+        who.mobiles.extend(m.mobiles);
+        who.all |= m.all;
+        for a in p.alerts.iter().filter(|a| a.status == Status::Firing) {
+            let mut a = a.clone();
+            if a.labels.get("alertname").is_none() {
+                if let Some(name) = p.common_labels.get("alertname") {
+                    a.labels.0.push(("alertname".into(), name.to_string()));
+                }
+            }
+            merged.alerts.push(a);
+        }
+    }
+    who.users.sort();
+    who.users.dedup();
+    who.mobiles.sort();
+    who.mobiles.dedup();
+    mention(&merged, &who)
+}
+
 fn mention(payload: &Payload, who: &MentionEntry) -> Option<Composed> {
     if !who.all && who.users.is_empty() && who.mobiles.is_empty() {
         return None;
@@ -257,6 +289,38 @@ mod tests {
             generator_url: None,
             fingerprint: fp.into(),
         }
+    }
+
+    #[test]
+    fn one_mention_for_many_groups() {
+        let group = |key: &str, alerts: Vec<Alert>| Payload {
+            status: Status::Firing,
+            receiver: "r".into(),
+            group_key: key.into(),
+            group_labels: Pairs::default(),
+            common_labels: Pairs::default(),
+            common_annotations: Pairs::default(),
+            external_url: None,
+            truncated_alerts: 0,
+            alerts,
+        };
+        let mut resolved = alert("r1", 1);
+        resolved.status = Status::Resolved;
+        let payloads = vec![
+            group("g1", vec![alert("a", 1), alert("b", 1)]),
+            group("g2", vec![alert("a", 1), resolved]),
+            group("g3", vec![]),
+        ];
+        let who = |p: &Payload| MentionEntry {
+            users: vec![format!("on-{}", p.group_key), "lead".into()],
+            ..MentionEntry::default()
+        };
+        let m = mention_all(&payloads, &who).map(|c| c.message);
+        let Some(Message::Mention { content, users, .. }) = m else { panic!("{m:?}") };
+        assert_eq!(content, "【告警通知】3 条告警待处理: A-a, A-b");
+        assert_eq!(users, ["lead", "on-g1", "on-g2", "on-g3"]);
+        let nobody = |_: &Payload| MentionEntry::default();
+        assert!(mention_all(&payloads, &nobody).is_none());
     }
 
     fn queue_with(groups: &[(&str, Vec<Alert>)]) -> Queue {

@@ -27,7 +27,7 @@ use crate::compact;
 use crate::config_file::MentionEntry;
 use crate::digest;
 use crate::metrics;
-use crate::outbox::compose::{compose, Composed, Message, Style};
+use crate::outbox::compose::{compose, mention_all, Composed, Message, Style};
 use crate::outbox::limiter::Limiter;
 use crate::outbox::queue::{Cover, GroupSnap, Outcome, Snapshot};
 use crate::outbox::split;
@@ -229,6 +229,21 @@ fn run(robot: &Source, settings: &Settings) {
                         if let Some(previous) = upload_failing.take() {
                             log::info!("file upload recovered robot={name} after=\"{previous}\"");
                         }
+                        // Whom the digested groups would have mentioned, once, within the budget.
+                        let payloads: Vec<Payload> =
+                            groups.iter().map(|g| g.payload.clone()).collect();
+                        let who = mention_all(&payloads, &|p: &Payload| (robot.mentions)(p));
+                        if let Some(m) = who {
+                            if !outbox.pause_until(not_before(hold_until)) {
+                                return;
+                            }
+                            if let (Err(e), _) = send(&m.message.body()) {
+                                log::warn!(
+                                    "mention after a digest not sent robot={name} {}",
+                                    summarize(&e)
+                                );
+                            }
+                        }
                         let accepted: HashMap<_, _> = groups.iter().flat_map(accepted_at).collect();
                         metrics::observe_delivery_delays(
                             name,
@@ -293,10 +308,12 @@ fn run(robot: &Source, settings: &Settings) {
         let style = Style { msgtype, template: template.as_deref(), tz: settings.tz };
         let (composed, accepted): (_, HashMap<(String, String, u64), Instant>) =
             match compact_groups {
-                Some(groups) => (
-                    compact_messages(&groups, msgtype, settings.tz),
-                    groups.iter().flat_map(accepted_at).collect(),
-                ),
+                Some(groups) => {
+                    let mut messages = compact_messages(&groups, msgtype, settings.tz);
+                    let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
+                    messages.extend(mention_all(&payloads, &|p: &Payload| (robot.mentions)(p)));
+                    (messages, groups.iter().flat_map(accepted_at).collect())
+                }
                 None => {
                     let accepted = match &snapshot {
                         Snapshot::Groups(groups) => groups.iter().flat_map(accepted_at).collect(),

@@ -425,3 +425,40 @@ fn a_backlog_that_fits_compact_goes_out_compact() {
     assert!(sent.len() <= 12, "{} messages", sent.len());
     assert!(sent.iter().all(|r| r.content().len() <= 4096));
 }
+
+/// A compact round @-mentions once for all its groups (the full layout mentions per group).
+#[test]
+fn a_compact_round_mentions_once() {
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(5, Duration::from_secs(1));
+    let dir = TempDir::new("storm-mention");
+    let config = dir.path().join("robots.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[robots.ops]\nkey = \"{}\"\nrate = \"5/1s\"\nmax_delay = \"2s\"\nmention_users = [\"zhangsan\"]\n",
+            fake.url()
+        ),
+    )
+    .expect("config");
+    let relay = Relay::start(&["--config", config.to_str().expect("utf8"), "--dedup-window", "0"]);
+    let mut fps = Vec::new();
+    for g in 0..6 {
+        let group: Vec<String> = (0..30).map(|i| format!("m{g}x{i}")).collect();
+        let alerts: Vec<A> = group.iter().map(|fp| A(fp, "firing", "MentionTest")).collect();
+        assert_eq!(relay.post(&payload(&format!("mention{g}"), &alerts)).status, 200);
+        fps.extend(group);
+    }
+    wait_until(Duration::from_secs(30), "every alert in a message", || {
+        fps.iter().all(|fp| told_in_messages(&fake, fp))
+    });
+    wait_until(Duration::from_secs(5), "the mention after the compact round", || {
+        fake.delivered().last().is_some_and(|r| r.msgtype() == "text")
+    });
+    let sent = fake.received();
+    assert!(sent.iter().all(|r| r.answered == "Ok"), "the budget was exceeded");
+    let mentions: Vec<_> = sent.iter().filter(|r| r.msgtype() == "text").collect();
+    assert!(!mentions.is_empty() && mentions.len() < 6, "{} mentions", mentions.len());
+    let last = mentions.last().map(|r| r.body.clone()).unwrap_or_default();
+    assert_eq!(last["text"]["mentioned_list"], json!(["zhangsan"]), "{last}");
+}
