@@ -322,7 +322,14 @@ fn run(robot: &Source, settings: &Settings) {
                     (compose(snapshot, &style, &|p: &Payload| (robot.mentions)(p)), accepted)
                 }
             };
-        for (i, c) in composed.iter().enumerate() {
+        // A mention goes out after the message that told its alerts, which are settled by
+        // then: a mention that fails to send is retried here, not composed again (nothing
+        // pending would bring it back), at most MENTION_TRIES times.
+        let mut i = 0;
+        let mut mention_tries = 0;
+        while i < composed.len() {
+            let c = &composed[i];
+            let is_mention = matches!(c.message, Message::Mention { .. });
             if i > 0 {
                 if !outbox.pause_until(not_before(hold_until)) {
                     return;
@@ -336,7 +343,8 @@ fn run(robot: &Source, settings: &Settings) {
                     (None, None) => true,
                     _ => false,
                 };
-                if now_type != msgtype || !same_template {
+                // A mention does not depend on either: its alerts were told already.
+                if (now_type != msgtype || !same_template) && !is_mention {
                     break;
                 }
             }
@@ -384,6 +392,8 @@ fn run(robot: &Source, settings: &Settings) {
                         name,
                         c.cover.alerts.iter().filter_map(|a| accepted.get(a)).map(|t| t.elapsed()),
                     );
+                    mention_tries = 0;
+                    i += 1;
                 }
                 Err(e) => {
                     let class = e.class();
@@ -412,6 +422,19 @@ fn run(robot: &Source, settings: &Settings) {
                                     "send failed again robot={name} retry_in_ms={}",
                                     wait.as_millis()
                                 );
+                            }
+                            if is_mention {
+                                mention_tries += 1;
+                                if mention_tries < MENTION_TRIES {
+                                    continue;
+                                }
+                                log::error!(
+                                    "mention not sent, giving up robot={name} attempts={mention_tries} {}",
+                                    summarize(&e)
+                                );
+                                mention_tries = 0;
+                                i += 1;
+                                continue;
                             }
                             outbox.settle(&c.cover, Outcome::Retry);
                             break;
@@ -451,6 +474,11 @@ fn run(robot: &Source, settings: &Settings) {
         }
     }
 }
+
+/// Attempts for a mention that fails with a retryable error (each after the usual backoff or
+/// rate-limit pause): its alerts are already told, so only the ping is at stake, and a robot
+/// must not stall behind it for long.
+const MENTION_TRIES: u32 = 5;
 
 /// What refusing part `i` for good refuses: its own alerts; for a part that tells none by
 /// itself (a heading, or a template's text before the part that tells the group), those of

@@ -130,6 +130,28 @@ fn config_errors_exit_2_with_the_line() {
     }
 }
 
+/// Found by an adversarial pass: a mention whose send failed with a retryable error was never
+/// sent, because its alerts had been settled with the markdown before it. It is retried.
+#[test]
+fn a_mention_that_fails_once_is_retried() {
+    let fake = FakeWeCom::start();
+    fake.script([Behave::Ok, Behave::Errcode(-1)]);
+    let dir = TempDir::new("mention-retry");
+    let config = write_config(
+        &dir,
+        &format!("[robots.ops]\nkey = \"{}\"\nmention_users = [\"zhangsan\"]\n", fake.url()),
+    );
+    let relay = Relay::start(&["--config", &config, "--retry-initial", "50ms"]);
+    assert_eq!(relay.post(&payload("mr", &[A("mr1", "firing", "Ping")])).status, 200);
+    wait_until(Duration::from_secs(10), "markdown and the retried mention", || {
+        fake.delivered().len() == 2
+    });
+    let got = fake.received();
+    assert_eq!(got.len(), 3, "markdown, failed mention, retried mention");
+    assert_eq!(got[1].body["msgtype"], "text");
+    assert_eq!(fake.delivered()[1].body["text"]["mentioned_list"], serde_json::json!(["zhangsan"]));
+}
+
 #[test]
 fn mentions_go_out_as_a_text_message_after_the_markdown() {
     let fake = FakeWeCom::start();

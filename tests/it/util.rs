@@ -507,7 +507,9 @@ fn serve(mut stream: impl Read + Write, state: &Mutex<FakeState>) {
             body: parsed,
             raw_len: len,
             answered: format!("{b:?}"),
-            delivered: false,
+            // Marked before the answer is written, so a test that saw the relay succeed never
+            // reads `delivered` a moment too early; taken back below if the write fails.
+            delivered: matches!(b, Behave::Ok),
         });
         (b, index)
     };
@@ -530,9 +532,8 @@ fn serve(mut stream: impl Read + Write, state: &Mutex<FakeState>) {
     let written = stream.write_all(resp.as_bytes()).and_then(|_| stream.flush()).is_ok();
     // Delivered means: errcode 0 answered promptly (a hang past the relay's timeout is a loss
     // from the relay's point of view, which then retries).
-    let delivered = written && matches!(behave, Behave::Ok);
-    if delivered {
-        state.lock().expect("fake").received[index].delivered = true;
+    if !written {
+        state.lock().expect("fake").received[index].delivered = false;
     }
 }
 
