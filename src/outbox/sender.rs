@@ -196,18 +196,7 @@ fn run(robot: &Source, settings: &Settings) {
                 compact_groups = Some(groups);
             } else if let Some(Storm::Digest(groups)) = plan {
                 let mut send = |body: &str| {
-                    let (result, latency) = match &target {
-                        Target::WeCom { client, url } => client.send(url, body),
-                        Target::Stdout => {
-                            println!("dry run robot={name}\n{body}");
-                            (Ok(()), Duration::ZERO)
-                        }
-                    };
-                    let finished = Instant::now();
-                    if matches!(target, Target::WeCom { .. }) {
-                        limiter.borrow_mut().record(finished);
-                    }
-                    metrics::observe_send_latency(name, latency);
+                    let (result, _, finished) = send_once(&target, body, name, &limiter);
                     match &result {
                         Ok(()) => metrics::inc_sent(name),
                         Err(e) => metrics::inc_failed(name, e),
@@ -349,18 +338,7 @@ fn run(robot: &Source, settings: &Settings) {
                 }
             }
             let body = c.message.body();
-            let (result, latency) = match &target {
-                Target::WeCom { client, url } => client.send(url, &body),
-                Target::Stdout => {
-                    println!("dry run robot={name}\n{body}");
-                    (Ok(()), Duration::ZERO)
-                }
-            };
-            let finished = Instant::now();
-            if matches!(target, Target::WeCom { .. }) {
-                limiter.borrow_mut().record(finished);
-            }
-            metrics::observe_send_latency(name, latency);
+            let (result, latency, finished) = send_once(&target, &body, name, &limiter);
             let latency_ms = latency.as_millis();
             let bytes = c.message.text().len();
             let alerts = c.cover.alerts.len();
@@ -473,6 +451,29 @@ fn run(robot: &Source, settings: &Settings) {
             }
         }
     }
+}
+
+/// Sends one body (or prints it in a dry run), records the send in the budget and its latency:
+/// every message, digest and file message goes through here. Returns when it finished.
+fn send_once(
+    target: &Target,
+    body: &str,
+    name: &str,
+    limiter: &RefCell<Limiter>,
+) -> (Result<(), SendError>, Duration, Instant) {
+    let (result, latency) = match target {
+        Target::WeCom { client, url } => client.send(url, body),
+        Target::Stdout => {
+            println!("dry run robot={name}\n{body}");
+            (Ok(()), Duration::ZERO)
+        }
+    };
+    let finished = Instant::now();
+    if matches!(target, Target::WeCom { .. }) {
+        limiter.borrow_mut().record(finished);
+    }
+    metrics::observe_send_latency(name, latency);
+    (result, latency, finished)
 }
 
 /// Attempts for a mention that fails with a retryable error (each after the usual backoff or

@@ -22,7 +22,7 @@ impl Drop for Alertmanager {
     }
 }
 
-fn alertmanager_bin() -> String {
+pub(crate) fn alertmanager_bin() -> String {
     if let Ok(bin) = std::env::var("ALERTMANAGER_BIN") {
         return bin;
     }

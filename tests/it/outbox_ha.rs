@@ -4,10 +4,11 @@
 //! message (1.0 sent the resolved twice). Ignored by default; `ci/test.sh` runs it.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
+use crate::alertmanager_e2e::{alertmanager_bin, rfc3339};
 use crate::util::*;
 
 struct Peer {
@@ -20,23 +21,6 @@ impl Drop for Peer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn alertmanager_bin() -> String {
-    if let Ok(bin) = std::env::var("ALERTMANAGER_BIN") {
-        return bin;
-    }
-    for candidate in ["prometheus-alertmanager", "alertmanager"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {candidate}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if found {
-            return candidate.to_string();
-        }
-    }
-    panic!("Alertmanager not found: apt-get install prometheus-alertmanager (ci/test.sh does)");
 }
 
 fn start_peer(dir: &TempDir, name: &str, webhook: &str, cluster: u16, other: u16) -> Peer {
@@ -67,14 +51,6 @@ fn start_peer(dir: &TempDir, name: &str, webhook: &str, cluster: u16, other: u16
             .is_ok_and(|r| r.status == 200)
     });
     peer
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let out = Command::new("date")
-        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
-        .output();
-    String::from_utf8_lossy(&out.expect("date").stdout).trim().to_string()
 }
 
 fn post_both(peers: &[&Peer], alerts: &serde_json::Value) {
@@ -120,7 +96,10 @@ fn an_alertmanager_ha_pair_gives_one_firing_and_one_resolved_message() {
     wait_until(Duration::from_secs(30), "both resolved notifications received", || {
         relay.logs().lines().filter(|l| l.contains("status=resolved")).count() >= 2
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Both were judged on arrival: once the outbox is empty, nothing more is going out.
+    wait_until(Duration::from_secs(30), "outbox settled", || {
+        relay.metrics().contains("weixin_robot_outbox_messages{robot=\"default\"} 0")
+    });
     let contents: Vec<String> = fake.delivered().iter().map(|r| r.content().to_string()).collect();
     let firing_msgs = contents.iter().filter(|c| c.contains("告警通知")).count();
     let resolved_msgs = contents.iter().filter(|c| c.contains("恢复通知")).count();
