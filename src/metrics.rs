@@ -145,6 +145,29 @@ pub fn inc_failed(robot: &str, e: &SendError) {
     );
 }
 
+/// One histogram per robot in the text format: `_bucket` per bound and `+Inf`, `_sum`, `_count`.
+fn write_histograms(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    buckets: &[f64; BUCKETS.len()],
+    per_robot: &BTreeMap<String, Histogram>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (robot, h) in per_robot {
+        let robot = label(robot);
+        for (i, bound) in buckets.iter().enumerate() {
+            let _ =
+                writeln!(out, "{name}_bucket{{robot=\"{robot}\",le=\"{bound}\"}} {}", h.counts[i]);
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{robot=\"{robot}\",le=\"+Inf\"}} {}\n{name}_sum{{robot=\"{robot}\"}} {}\n{name}_count{{robot=\"{robot}\"}} {}",
+            h.count, h.sum, h.count
+        );
+    }
+}
+
 /// The `errcode` label: WeCom's documented codes by number, anything else as `other`, so an
 /// upstream (or a `--key-param-host` proxy) answering arbitrary numbers cannot grow the number
 /// of series without bound.
@@ -342,41 +365,20 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
         "# HELP weixin_robot_connections Open HTTP connections.\n# TYPE weixin_robot_connections gauge\nweixin_robot_connections {connections}"
     );
 
-    let name = "weixin_robot_send_duration_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Time taken by each request to WeCom, by robot.\n# TYPE {name} histogram"
+    write_histograms(
+        &mut out,
+        "weixin_robot_send_duration_seconds",
+        "Time taken by each request to WeCom, by robot.",
+        &BUCKETS,
+        &LATENCY.lock().unwrap_or_else(|p| p.into_inner()),
     );
-    for (robot, h) in LATENCY.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let robot = label(robot);
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            let _ =
-                writeln!(out, "{name}_bucket{{robot=\"{robot}\",le=\"{bound}\"}} {}", h.counts[i]);
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{robot=\"{robot}\",le=\"+Inf\"}} {}\n{name}_sum{{robot=\"{robot}\"}} {}\n{name}_count{{robot=\"{robot}\"}} {}",
-            h.count, h.sum, h.count
-        );
-    }
-
-    let name = "weixin_robot_delivery_delay_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Time from accepting an alert state to the message or file that told it, by robot.\n# TYPE {name} histogram"
+    write_histograms(
+        &mut out,
+        "weixin_robot_delivery_delay_seconds",
+        "Time from accepting an alert state to the message or file that told it, by robot.",
+        &DELAY_BUCKETS,
+        &DELAY.lock().unwrap_or_else(|p| p.into_inner()),
     );
-    for (robot, h) in DELAY.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let robot = label(robot);
-        for (i, bound) in DELAY_BUCKETS.iter().enumerate() {
-            let _ =
-                writeln!(out, "{name}_bucket{{robot=\"{robot}\",le=\"{bound}\"}} {}", h.counts[i]);
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{robot=\"{robot}\",le=\"+Inf\"}} {}\n{name}_sum{{robot=\"{robot}\"}} {}\n{name}_count{{robot=\"{robot}\"}} {}",
-            h.count, h.sum, h.count
-        );
-    }
 
     let name = "weixin_robot_last_delivery_timestamp_seconds";
     let _ = writeln!(

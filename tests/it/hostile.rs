@@ -295,17 +295,6 @@ fn issue_20_key_param_cannot_reach_other_hosts_or_paths() {
     assert!(!relay.logs().contains(SECRET) && !relay.metrics().contains(SECRET));
 }
 
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Item 9: unique notifications keep arriving; the dedup table stays at its cap, forgetting
 /// the oldest first, and says so in /metrics.
 #[test]

@@ -633,7 +633,7 @@ fn idle_key_param_robots_are_evicted() {
         Relay::start(&["--key", &fake.url(), "--allow-key-param", "--key-param-host", &host]);
     let url = |k: &str| format!("http://{}/cgi-bin/webhook/send?key={k}", fake.addr);
     for i in 0..32 {
-        let path = format!("/alertinfo?key={}", urlencode(&url(&format!("junk{i}"))));
+        let path = format!("/alertinfo?key={}", url_encode(&url(&format!("junk{i}"))));
         let r = post(
             relay.addr,
             &path,
@@ -650,7 +650,7 @@ fn idle_key_param_robots_are_evicted() {
             .lines()
             .any(|l| l.starts_with("weixin_robot_outbox_messages{") && !l.ends_with(" 0"))
     });
-    let path = format!("/alertinfo?key={}", urlencode(&url("legit")));
+    let path = format!("/alertinfo?key={}", url_encode(&url("legit")));
     let r = post(relay.addr, &path, &payload("legit", &[A("ok1", "firing", "Legit")]));
     assert_eq!(r.status, 200, "{}", r.body);
     wait_until(Duration::from_secs(10), "legit delivered", || fake.delivered().len() == 1);
@@ -677,7 +677,7 @@ fn a_new_key_waits_with_503_while_every_slot_is_busy() {
     ]);
     let url = |k: &str| format!("http://{}/cgi-bin/webhook/send?key={k}", fake.addr);
     let post_key = |k: &str| {
-        let path = format!("/alertinfo?key={}", urlencode(&url(k)));
+        let path = format!("/alertinfo?key={}", url_encode(&url(k)));
         post(relay.addr, &path, &payload(k, &[A(&format!("{k}-a"), "firing", "Busy")]))
     };
     for i in 0..32 {
@@ -708,7 +708,7 @@ fn a_key_param_with_the_configured_key_uses_that_robot() {
     let host = fake.addr.to_string();
     let relay =
         Relay::start(&["--key", &fake.url(), "--allow-key-param", "--key-param-host", &host]);
-    let path = format!("/alertinfo?key={}", urlencode(&fake.url()));
+    let path = format!("/alertinfo?key={}", url_encode(&fake.url()));
     let r = post(relay.addr, &path, &payload("same", &[A("same-a", "firing", "Same")]));
     assert_eq!(r.status, 200, "{}", r.body);
     wait_until(Duration::from_secs(10), "delivered", || fake.delivered().len() == 1);
@@ -748,15 +748,4 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
         .unwrap_or(0)
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

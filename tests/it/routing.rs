@@ -294,17 +294,6 @@ fn message_type_per_robot() {
     assert!(err.contains("msgtype must be markdown, markdown_v2 or text"), "{err}");
 }
 
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[test]
 fn key_param_is_off_by_default_and_works_when_allowed() {
     let (a, b) = (FakeWeCom::start(), FakeWeCom::start());

@@ -792,3 +792,15 @@ fn media_part(body: &[u8], boundary: &str) -> Option<(String, usize, Vec<u8>)> {
     };
     Some((field("filename")?, field("filelength")?.parse().ok()?, inner[split + 4..].to_vec()))
 }
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (for `?key=` values).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
