@@ -684,6 +684,25 @@ impl Timestamp {
     }
 }
 
+/// A firing notification of `group_key` holding `alerts`, every other field empty: the shape the
+/// unit tests of compact, digest, split and the outbox build theirs from (`..` for the rest).
+#[cfg(test)]
+impl Payload {
+    pub fn for_test(group_key: &str, alerts: Vec<Alert>) -> Payload {
+        Payload {
+            status: Status::Firing,
+            receiver: "r".into(),
+            group_key: group_key.into(),
+            group_labels: Pairs::default(),
+            common_labels: Pairs::default(),
+            common_annotations: Pairs::default(),
+            external_url: None,
+            truncated_alerts: 0,
+            alerts,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -246,17 +246,7 @@ mod tests {
     }
 
     fn group(alerts: Vec<Alert>) -> Payload {
-        Payload {
-            status: Status::Firing,
-            receiver: "wecom".into(),
-            group_key: "{}:{}".into(),
-            group_labels: Pairs::default(),
-            common_labels: Pairs::default(),
-            common_annotations: Pairs::default(),
-            external_url: None,
-            truncated_alerts: 0,
-            alerts,
-        }
+        Payload::for_test("{}:{}", alerts)
     }
 
     #[test]

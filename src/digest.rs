@@ -466,15 +466,9 @@ mod tests {
                     })
                     .collect();
                 Payload {
-                    status: Status::Firing,
-                    receiver: "wecom".into(),
-                    group_key: format!("{{}}:{{g=\"{g}\"}}"),
                     group_labels: pairs(&[("g", &g.to_string())]),
                     common_labels: pairs(&[("job", "node")]),
-                    common_annotations: Pairs::default(),
-                    external_url: None,
-                    truncated_alerts: 0,
-                    alerts,
+                    ..Payload::for_test(&format!("{{}}:{{g=\"{g}\"}}"), alerts)
                 }
             })
             .collect()

@@ -293,17 +293,7 @@ mod tests {
 
     #[test]
     fn one_mention_for_many_groups() {
-        let group = |key: &str, alerts: Vec<Alert>| Payload {
-            status: Status::Firing,
-            receiver: "r".into(),
-            group_key: key.into(),
-            group_labels: Pairs::default(),
-            common_labels: Pairs::default(),
-            common_annotations: Pairs::default(),
-            external_url: None,
-            truncated_alerts: 0,
-            alerts,
-        };
+        let group = Payload::for_test;
         let mut resolved = alert("r1", 1);
         resolved.status = Status::Resolved;
         let payloads = vec![
@@ -332,17 +322,7 @@ mod tests {
         });
         let now = Instant::now();
         for (i, (g, alerts)) in groups.iter().enumerate() {
-            let p = Payload {
-                status: Status::Firing,
-                receiver: "r".into(),
-                group_key: g.to_string(),
-                group_labels: Pairs::default(),
-                common_labels: Pairs::default(),
-                common_annotations: Pairs::default(),
-                external_url: None,
-                truncated_alerts: 0,
-                alerts: alerts.clone(),
-            };
+            let p = Payload::for_test(g, alerts.clone());
             if let Ok(Admit::Room(r)) = q.admit(&p, now) {
                 q.apply(r, i as u64 + 1, p, now);
             }

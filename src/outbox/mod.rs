@@ -382,25 +382,16 @@ mod tests {
     use std::sync::Arc;
 
     fn payload(group: &str, fp: &str) -> Payload {
-        Payload {
+        let alert = Alert {
             status: Status::Firing,
-            receiver: "r".into(),
-            group_key: group.into(),
-            group_labels: Pairs::default(),
-            common_labels: Pairs::default(),
-            common_annotations: Pairs::default(),
-            external_url: None,
-            truncated_alerts: 0,
-            alerts: vec![Alert {
-                status: Status::Firing,
-                labels: Pairs(vec![("alertname".into(), "A".into())]),
-                annotations: Pairs::default(),
-                starts_at: Some(Timestamp { unix_seconds: 1, nanos: 0 }),
-                ends_at: None,
-                generator_url: None,
-                fingerprint: fp.into(),
-            }],
-        }
+            labels: Pairs(vec![("alertname".into(), "A".into())]),
+            annotations: Pairs::default(),
+            starts_at: Some(Timestamp { unix_seconds: 1, nanos: 0 }),
+            ends_at: None,
+            generator_url: None,
+            fingerprint: fp.into(),
+        };
+        Payload::for_test(group, vec![alert])
     }
 
     /// Many enqueuers against a sending thread: the limit holds at every moment, no count

@@ -745,17 +745,7 @@ mod tests {
     }
 
     fn payload(group: &str, alerts: Vec<Alert>) -> Payload {
-        Payload {
-            status: Status::Firing,
-            receiver: "r".into(),
-            group_key: group.into(),
-            group_labels: Pairs::default(),
-            common_labels: Pairs::default(),
-            common_annotations: Pairs::default(),
-            external_url: None,
-            truncated_alerts: 0,
-            alerts,
-        }
+        Payload::for_test(group, alerts)
     }
 
     fn limits(max_messages: usize) -> QueueLimits {

@@ -173,17 +173,7 @@ mod tests {
                 }
             })
             .collect();
-        Payload {
-            status: Status::Firing,
-            receiver: "r".into(),
-            group_key: "g".into(),
-            group_labels: Pairs::default(),
-            common_labels: Pairs::default(),
-            common_annotations: Pairs::default(),
-            external_url: None,
-            truncated_alerts: rng.below(3),
-            alerts,
-        }
+        Payload { truncated_alerts: rng.below(3), ..Payload::for_test("g", alerts) }
     }
 
     #[test]
