@@ -39,7 +39,7 @@ pub const FLAGS: &[Flag] = &[
         Some("KEY"),
         Some("URL|KEY"),
         None,
-        "WeCom robot webhook URL or bare key (prefer --key-file: flags show up in ps)",
+        "WeCom robot webhook URL or bare key (masked in ps once started; prefer --key-file)",
     ),
     flag(
         "--key-file",

@@ -18,6 +18,7 @@ mod key_param;
 mod logger;
 mod metrics;
 mod outbox;
+mod proctitle;
 mod reject_log;
 mod render;
 mod robots;
@@ -87,6 +88,11 @@ fn run() -> Result<(), Failure> {
     let raw =
         cli::parse_args(std::env::args_os().skip(1).collect(), &|name| std::env::var(name).ok())
             .map_err(|e| Failure::Usage(e.to_string()))?;
+    // `--key` on the command line is readable by every local user through ps: hide it now that
+    // the arguments have been copied.
+    if let Some(key) = raw.get("--key").filter(|_| raw.on_command_line("--key")) {
+        proctitle::hide(key);
+    }
     if raw.help {
         print!("{}", cli::help_text(raw.command.name()));
         return Ok(());

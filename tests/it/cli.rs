@@ -48,6 +48,20 @@ fn key_file_keeps_the_key_out_of_argv() {
 }
 
 #[test]
+fn a_key_given_with_dash_dash_key_is_hidden_from_ps() {
+    let fake = FakeWeCom::start();
+    let relay = Relay::start(&["--key", &fake.url()]);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", relay.child.id())).unwrap_or_default();
+    let shown = String::from_utf8_lossy(&cmdline);
+    assert!(shown.contains("--key"), "the command line is still there: {shown:?}");
+    assert!(!shown.contains(SECRET), "the key shows in /proc/PID/cmdline: {shown:?}");
+    // The relay kept the real key: it still delivers with it.
+    assert_eq!(relay.post(&payload("g", &[A("k2", "firing", "KeyArg")])).status, 200);
+    wait_until(Duration::from_secs(10), "delivery", || fake.delivered().len() == 1);
+    assert!(fake.delivered()[0].target.ends_with(&format!("key={SECRET}")));
+}
+
+#[test]
 fn bad_command_lines_exit_2_with_one_line() {
     let cases: &[(&[&str], &str)] = &[
         (&["--bogus", "-k", "k"], "unknown option --bogus"),
