@@ -227,6 +227,14 @@ pub const FLAGS: &[Flag] = &[
         "notifications each robot remembers for --dedup-window; past it the oldest go",
     ),
     flag(
+        "--max-key-robots",
+        None,
+        Some("WEIXIN_ROBOT_MAX_KEY_ROBOTS"),
+        Some("N"),
+        Some("32"),
+        "different ?key= robots at once (each a thread and an outbox); idle ones are evicted",
+    ),
+    flag(
         "--key-param-host",
         None,
         Some("WEIXIN_ROBOT_KEY_PARAM_HOST"),

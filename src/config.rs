@@ -60,6 +60,8 @@ pub struct Config {
     pub max_unsent_bytes: u64,
     pub max_body_in_flight: u64,
     pub dedup_max_entries: usize,
+    /// `--max-key-robots`: `?key=` robots alive at once.
+    pub max_key_robots: usize,
     /// `--key-param-host`: checked when a `?key=` arrives (`crate::key_param`).
     pub key_param_host: String,
     pub auth_token_file: Option<PathBuf>,
@@ -187,6 +189,10 @@ impl Config {
             return Err(invalid("--max-body-in-flight", "sizes must be above zero"));
         }
         let dedup_max_entries = count("--dedup-max-entries")?;
+        let max_key_robots = count("--max-key-robots")?;
+        if max_key_robots == 0 {
+            return Err(invalid("--max-key-robots", "must be above zero"));
+        }
         let key_param_host = raw.get_or_default("--key-param-host").unwrap_or("").to_string();
         crate::key_param::KeyParamHost::parse(&key_param_host)
             .map_err(|r| invalid("--key-param-host", r))?;
@@ -249,6 +255,7 @@ impl Config {
             max_unsent_bytes,
             max_body_in_flight,
             dedup_max_entries,
+            max_key_robots,
             key_param_host,
             auth_token_file: raw.get("--auth-token-file").map(PathBuf::from),
             basic_auth_file: raw.get("--basic-auth-file").map(PathBuf::from),

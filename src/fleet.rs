@@ -46,14 +46,13 @@ pub struct Fleet {
     reloading: Mutex<()>,
     /// Robots made for `?key=` (with `--allow-key-param`), with when each was last used.
     adhoc: Mutex<Vec<(Arc<Robot>, Instant)>>,
+    /// `--max-key-robots`: at most this many different `?key=` robots at once: each is a
+    /// thread and an outbox. Idle ones are evicted to make room.
+    max_adhoc: usize,
     /// Built once at start-up (it holds `--ca-file`'s certificates); every robot sends with a
     /// copy.
     client: wecom::Client,
 }
-
-/// At most this many different `?key=` robots at once: each is a thread and an outbox. Idle
-/// ones are evicted to make room.
-const MAX_ADHOC_ROBOTS: usize = 32;
 
 impl Fleet {
     pub fn start(config: &Config, raw: RawArgs, client: wecom::Client) -> Result<Fleet, String> {
@@ -71,6 +70,7 @@ impl Fleet {
             parked: Mutex::new(parked),
             reloading: Mutex::new(()),
             adhoc: Mutex::new(Vec::new()),
+            max_adhoc: config.max_key_robots,
             client,
         };
         for robot in &robots {
@@ -154,7 +154,7 @@ impl Fleet {
             *used = Instant::now();
             return Ok(Arc::clone(robot));
         }
-        if adhoc.len() >= MAX_ADHOC_ROBOTS {
+        if adhoc.len() >= self.max_adhoc {
             // Evict the least recently used robot with nothing pending that no request holds.
             let idle = least_used_idle(&adhoc, |r| {
                 let stats = r.outbox.stats();
@@ -162,7 +162,9 @@ impl Fleet {
             });
             let Some(i) = idle else {
                 return Err(format!(
-                    "too many different ?key= robots with messages pending (at most {MAX_ADHOC_ROBOTS})"
+                    "too many different ?key= robots with messages pending (at most {}, \
+                     --max-key-robots)",
+                    self.max_adhoc
                 ));
             };
             let (evicted, _) = adhoc.swap_remove(i);
