@@ -188,8 +188,17 @@ fn issue_20_slow_big_bodies_are_bounded() {
     assert!(peak < before + 96 * 1024, "RSS peaked at {peak} KiB (from {before})");
     assert!(relay.metrics().contains("reason=\"bodies_in_flight\""));
     drop(conns);
-    let r = relay.post(&payload("slow", &[A("slow1", "firing", "AfterSlow")]));
-    assert_eq!(r.status, 200, "{}", r.body);
+    // The relay releases a dropped connection's reservation when its coroutine sees the close;
+    // until then a new body may meet 503, which Alertmanager retries. It must recover.
+    let mut last = None;
+    wait_until(Duration::from_secs(20), "a normal alert accepted after the attack", || {
+        let r = relay.post(&payload("slow", &[A("slow1", "firing", "AfterSlow")]));
+        assert!(r.status == 200 || r.status == 503, "{} {}", r.status, r.body);
+        let ok = r.status == 200;
+        last = Some(r);
+        ok
+    });
+    assert!(last.is_some_and(|r| r.body.contains("queued")), "accepted, not a duplicate");
 }
 
 /// Item 6: requests sent just before the idle deadline of a keep-alive connection. Before, ~1
