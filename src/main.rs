@@ -93,6 +93,16 @@ fn run() -> Result<(), Failure> {
     if let Some(key) = raw.get("--key").filter(|_| raw.on_command_line("--key")) {
         proctitle::hide(key);
     }
+    if raw.help
+        || raw.version
+        || matches!(raw.command, cli::Command::Render(_) | cli::Command::RenderDigest(_))
+    {
+        // Commands that only print: `weixin-robot render … | head` should end quietly when
+        // the reader goes, as other tools do, not panic in println! with "Broken pipe" (Rust
+        // ignores SIGPIPE). Never for the server, whose sockets must not kill it.
+        // SAFETY: resets one signal's disposition before any thread starts; no handler runs.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     if raw.help {
         print!("{}", cli::help_text(raw.command.name()));
         return Ok(());

@@ -273,3 +273,30 @@ fn key_mistakes_are_explained_without_the_key() {
     assert_eq!(code, Some(2));
     assert!(err.contains("invalid KEY (environment): it is wrapped in quotes"), "{err}");
 }
+
+/// `render … | head` ends quietly when the reader goes, instead of panicking in `println!`
+/// with "failed printing to stdout: Broken pipe" and a backtrace.
+#[test]
+fn render_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    let dir = TempDir::new("render-pipe");
+    let ids: Vec<String> = (0..2000).map(|i| format!("pipe{i}")).collect();
+    let alerts: Vec<A> = ids.iter().map(|id| A(id, "firing", "PipeTest")).collect();
+    let file = dir.path().join("storm.json");
+    std::fs::write(&file, payload("pipe", &alerts)).expect("write payload");
+    let mut child = relay_command()
+        .args(["render", "--digest", file.to_str().expect("utf8")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn render");
+    let mut first = [0u8; 64];
+    let mut stdout = child.stdout.take().expect("stdout");
+    stdout.read_exact(&mut first).expect("render prints");
+    drop(stdout); // the reader goes, as `head` does
+    let out = child.wait_with_output().expect("render ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
