@@ -42,7 +42,10 @@ delivered at the cap and an extrapolated drain time, labelled as such.
 Usage (one command, prints markdown tables):
   cargo build --release && benches/storm.py [a|b|all] [storm|today|both]
 Defaults: all both (~14 minutes). Env: WEIXIN_ROBOT_BIN, A_TIMEOUT (180), A_TODAY_CAP (600),
-STORM_KEEP=1 keeps the relay logs (their directory is printed).
+STORM_KEEP=1 keeps the relay logs, every message and every file (their directory is printed),
+STORM_MSGTYPE=text|markdown_v2 gives the robot that message type (through --config),
+STORM_RELAY_ARGS adds relay flags (e.g. "--state-dir /tmp/x"), STORM_UPLOAD_ERRCODE=N[:K] makes the
+fake refuse every upload (or the first K) with errcode N (storm mode's compact fallback).
 """
 import http.client
 import json
@@ -219,7 +222,12 @@ class Fake:
                 code = 41005
             elif not 5 <= len(part) <= 20_000_000:
                 code = 40006
+        refuse, _, times = os.environ.get("STORM_UPLOAD_ERRCODE", "").partition(":")
         with self.lock:
+            # A robot whose uploads fail (the first `times` ones, or all): storm mode falls back.
+            refused_so_far = sum(1 for a in self.upload_answers if a[1] == int(refuse or 0))
+            if code == 0 and refuse and (not times or refused_so_far < int(times)):
+                code = int(refuse)
             if code == 0:
                 media_id = f"media-{len(self.uploads) + 1}"
                 self.uploads[media_id] = part
@@ -282,12 +290,19 @@ class Relay:
         env = dict(os.environ, RUST_LOG="info")
         env.pop("KEY", None)
         env.pop("PORT", None)
+        robot = ["--key", fake.url]
+        msgtype = os.environ.get("STORM_MSGTYPE")
+        if msgtype:  # a robot of another message type needs --config
+            config = os.path.join(logdir, f"{name}.toml")
+            with open(config, "w") as f:
+                f.write(f'[robots.default]\nkey = "{fake.url}"\nmsgtype = "{msgtype}"\n')
+            robot = ["--config", config]
+        args = args + os.environ.get("STORM_RELAY_ARGS", "").split()
         for _ in range(5):
             self.port = free_port()
             with open(self.log_path, "wb") as logf:
                 self.proc = subprocess.Popen(
-                    [binary, "--listen", "127.0.0.1", "--port", str(self.port),
-                     "--key", fake.url] + args,
+                    [binary, "--listen", "127.0.0.1", "--port", str(self.port)] + robot + args,
                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.proc.poll() is None:
@@ -410,7 +425,7 @@ def dump(fake, logdir, name):
 def warnings(logs):
     """Warnings and errors the relay logged, but the expected one about plain http."""
     return sum(1 for l in logs.splitlines()
-               if (" WARN " in l or " ERROR " in l) and "plain http" not in l)
+               if re.search(r"Z (WARN|ERROR) ?\]", l) and "plain http" not in l)
 
 
 def sends_summary(fake, until=None):
@@ -425,6 +440,7 @@ def sends_summary(fake, until=None):
         "messages": len([s for s in ok if s["msgtype"] != "file"]),
         "files": len([s for s in ok if s["msgtype"] == "file"]),
         "uploads": len([u for u in uploads if u[1] == 0 and (until is None or u[0] < until)]),
+        "uploads_refused": len([u for u in uploads if u[1] and (until is None or u[0] < until)]),
         "refused": refused,
         "ok_times": [s["at"] for s in ok],
         "all_times": [s["at"] for s in sends],
@@ -541,7 +557,8 @@ def scenario_a(binary, mode, logdir):
         "posted": f"{t_posted - t0:.1f} s ({rejected} notifications not accepted)",
         "estimate": estimate,
         "messages": storm_summary["messages"], "files": storm_summary["files"],
-        "uploads": storm_summary["uploads"], "refused": fmt_refused(storm_summary["refused"]),
+        "uploads": storm_summary["uploads"],
+        "uploads_refused": storm_summary["uploads_refused"], "refused": fmt_refused(storm_summary["refused"]),
         "max_window": max_in_window(storm_summary["ok_times"], window_s),
         "max_window_all": max_in_window(storm_summary["all_times"], window_s),
         "lost": len(missing), "stale": stale, "unreadable": reader.unreadable,
@@ -671,8 +688,9 @@ def print_a(results, modes):
               ("posted (400 notifications)", lambda r: r["posted"]),
               ("outbox once posted (full-layout estimate)",
                lambda r: f"{r['estimate']:.0f} messages"),
-              ("messages used (markdown)", lambda r: str(r["messages"])),
-              ("file messages (uploads)", lambda r: f"{r['files']} ({r['uploads']})"),
+              ("messages used (markdown or text)", lambda r: str(r["messages"])),
+              ("file messages (uploads accepted, refused)",
+               lambda r: f"{r['files']} ({r['uploads']}, {r['uploads_refused']})"),
               ("refused sends", lambda r: r["refused"]),
               ("most messages accepted in any 6 s (all sends)",
                lambda r: f"{r['max_window']} ({r['max_window_all']})"),
