@@ -34,7 +34,7 @@ Modes: `storm` runs the relay as shipped. `today` is the behaviour before storm 
 compact and digest off: `--max-delay 1h`. The sender (src/outbox/sender.rs, `storm()`) leaves
 the full layout whenever the outbox's estimate of full-layout messages fits
 `digest::capacity(rate, recent sends, max_delay - oldest pending age)`; with 1 h that capacity
-is ~11,600 messages at 20/6s and ~1,160 at 20/60s, above the ~850 and ~110 the scenarios need
+is ~11,600 messages at 20/6s and ~1,160 at 20/60s, above the ~1,200 and ~200 the scenarios need
 and still so at the runs' caps (A_TODAY_CAP, default 600 s; B stops at 121 s), so the full
 layout is always chosen. A `today` run of A that has not drained by its cap reports the share
 delivered at the cap and an extrapolated drain time, labelled as such.
@@ -44,8 +44,8 @@ Usage (one command, prints markdown tables):
 Defaults: all both (~14 minutes). Env: WEIXIN_ROBOT_BIN, A_TIMEOUT (180), A_TODAY_CAP (600),
 STORM_KEEP=1 keeps the relay logs, every message and every file (their directory is printed),
 STORM_MSGTYPE=text|markdown_v2 gives the robot that message type (through --config),
-STORM_RELAY_ARGS adds relay flags (e.g. "--state-dir /tmp/x"), STORM_UPLOAD_ERRCODE=N[:K] makes the
-fake refuse every upload (or the first K) with errcode N (storm mode's compact fallback).
+STORM_RELAY_ARGS adds relay flags (e.g. "--state-dir /tmp/x"), STORM_UPLOAD_ERRCODE=N[:K]
+makes the fake refuse every upload (or the first K) with errcode N (the compact fallback).
 """
 import http.client
 import json
