@@ -14,6 +14,9 @@ its state is taken from
     "newest changes" line (its 告警中/已恢复 word);
   - a file: its table rows (`| 告警中 | …` / `| 已恢复 | …`), counted when the file message
     naming its media_id is accepted (an upload alone shows nothing).
+Before the runs, the same reading is checked against the binary's own `render` and
+`render --digest` output for three alerts, so a changed layout stops the bench with a clear
+message instead of showing up as lost alerts.
 
 Scenario A (#15's storm, the budget sped up 10x): 10,000 alerts in 200 groups of 50 (8
 alertnames, 3 severities, grouped by alertname and cluster) are posted, then 3,000 of them are
@@ -131,6 +134,34 @@ def shown_in_file(data):
         for i in HOST.findall(line):
             out[int(i)] = (state, "file")
     return out
+
+
+def check_parser(binary, logdir):
+    """Reads the relay's own layouts for three alerts (`render`, `render --digest`: the full
+    layout, the digest, its file and the compact layout) and checks that every layout shows
+    host-00001 and -00003 firing and -00002 resolved, so a changed format fails loudly here
+    instead of counting alerts as lost. No network."""
+    now = datetime.now(timezone.utc)
+    path = os.path.join(logdir, "check.json")
+    with open(path, "wb") as f:
+        f.write(notification("NodeDown", "c1", [
+            alert(1, "NodeDown", "critical", "c1", "firing", now),
+            alert(2, "NodeDown", "critical", "c1", "resolved", now, now),
+            alert(3, "NodeDown", "critical", "c1", "firing", now)]))
+    want = {1: "firing", 2: "resolved", 3: "firing"}
+    found = {}
+    for args in (["render"], ["render", "--digest"]):
+        out = subprocess.run([binary] + args + [path], capture_output=True, text=True).stdout
+        parts = re.split(r"^----- (.*) -----$", out, flags=re.M)
+        for title, body in zip(parts[1::2], parts[2::2]):
+            kind = title.split()[0]  # message, digest, file, compact
+            seen = shown_in_file(body.encode()) if kind == "file" else shown_in_message(body)
+            for i, (state, layout) in seen.items():
+                found.setdefault(kind, {})[i] = state
+    expected_kinds = {"message", "digest", "file", "compact"}
+    bad = [k for k in expected_kinds if found.get(k) != want]
+    if bad:
+        sys.exit(f"the bench cannot read the relay's layouts {bad}: found {found}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -744,6 +775,7 @@ def main():
     print(f"date: {datetime.now(timezone.utc):%Y-%m-%dT%H:%MZ}; commit: {commit}; "
           f"binary: {binary}; load: {os.getloadavg()[0]:.1f}")
     try:
+        check_parser(binary, logdir)
         if scenarios in ("a", "all"):
             print_a({m: scenario_a(binary, m, logdir) for m in modes}, modes)
         if scenarios in ("b", "all"):
