@@ -55,6 +55,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -315,6 +316,9 @@ def free_port():
     return port
 
 
+RELAYS = []  # every relay started, stopped on the way out whatever happens
+
+
 class Relay:
     def __init__(self, binary, fake, args, logdir, name):
         self.log_path = os.path.join(logdir, f"{name}.log")
@@ -335,6 +339,7 @@ class Relay:
                 self.proc = subprocess.Popen(
                     [binary, "--listen", "127.0.0.1", "--port", str(self.port)] + robot + args,
                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            RELAYS.append(self)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:
@@ -772,6 +777,7 @@ def main():
     commit = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
     logdir = tempfile.mkdtemp(prefix="storm-bench.")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     print(f"date: {datetime.now(timezone.utc):%Y-%m-%dT%H:%MZ}; commit: {commit}; "
           f"binary: {binary}; load: {os.getloadavg()[0]:.1f}")
     try:
@@ -781,6 +787,8 @@ def main():
         if scenarios in ("b", "all"):
             print_b({m: scenario_b(binary, m, logdir) for m in modes}, modes)
     finally:
+        for relay in RELAYS:
+            relay.stop()
         if os.environ.get("STORM_KEEP") == "1":
             log(f"relay logs kept in {logdir}")
         else:
