@@ -71,3 +71,4 @@ else
 fi
 $n cargo bench --locked --bench burst
 $n cargo bench --locked --bench slowloris
+if [ "${BENCH_STORM:-0}" = 1 ]; then $n python3 benches/storm.py; fi # storm mode (#15), ~14 min: see benches/storm.py
