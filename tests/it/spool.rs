@@ -154,7 +154,7 @@ fn a_torn_tail_after_kill_9_loses_nothing_acknowledged() {
     fake.set_default(Behave::Http(500));
     let args = ["--key", &fake.url(), "--state-dir", &state, "--retry-initial", "20ms"];
     let mut bytes = three_queued_then_killed(&dir, &args);
-    // Half a frame written after the data, in the segment's preallocated zeros.
+    // Half a frame written after the data, over the zeros written ahead of it.
     let second = bytes.windows(5).enumerate().filter(|(_, w)| w == b"WXR2 ").nth(1);
     let half = bytes[..second.expect("a second frame").0 / 2].to_vec();
     let end = bytes.iter().rposition(|&b| b != 0).expect("data") + 1;
