@@ -704,7 +704,11 @@ impl Writer {
     }
 }
 
+/// Releases the writer may hold back while commits keep coming (see `write_loop`).
+const MAX_DEFERRED_RELEASES: usize = 4096;
+
 fn write_loop(shared: &Shared, mut w: Writer) {
+    let mut deferred: Vec<u64> = Vec::new();
     loop {
         let mut idle = false;
         let jobs = {
@@ -744,10 +748,20 @@ fn write_loop(shared: &Shared, mut w: Writer) {
             w.close_if_idle();
             continue;
         }
-        if !jobs.writes.is_empty() {
+        let wrote = !jobs.writes.is_empty();
+        if wrote {
             w.write_batch(shared, jobs.writes);
         }
-        w.release(jobs.removes);
+        // Commits first: while the next batch already waits, releases (never waited for)
+        // wait instead, up to a bound, so fdatasyncs follow each other closely under load.
+        deferred.extend(jobs.removes);
+        let busy = wrote
+            && !jobs.stop
+            && deferred.len() < MAX_DEFERRED_RELEASES
+            && !shared.jobs.lock().unwrap_or_else(|p| p.into_inner()).writes.is_empty();
+        if !busy {
+            w.release(std::mem::take(&mut deferred));
+        }
         w.keep_failed(jobs.failed);
         if jobs.stop {
             w.close_if_idle();

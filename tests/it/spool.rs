@@ -210,12 +210,11 @@ fn kill_9_during_concurrent_intake_loses_no_acknowledged_notification() {
             })
         })
         .collect();
-    wait_until(Duration::from_secs(20), "a hundred or so accepted", || {
-        segments(dir.path())
-            .iter()
-            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-            .sum::<u64>()
-            > 60_000
+    wait_until(Duration::from_secs(20), "a hundred or so written", || {
+        let frames = |p: &std::path::PathBuf| {
+            std::fs::read(p).map_or(0, |b| b.windows(5).filter(|w| w == b"WXR2 ").count())
+        };
+        segments(dir.path()).iter().map(frames).sum::<usize>() >= 100
     });
     relay.kill9();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
