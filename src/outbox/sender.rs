@@ -164,7 +164,13 @@ fn run(robot: &Source, settings: &Settings) {
             let now = Instant::now();
             limiter.borrow_mut().next_allowed(now).max(hold)
         };
-        let Some(snapshot) = outbox.next(|| not_before(hold_until)) else {
+        // A round starts by the limiter's pacing rule (a burst arriving waits for its paced
+        // slot or a pause in arrivals); the parts of a round by the sliding log alone.
+        let round_not_before = |burst: Option<Instant>| {
+            let now = Instant::now();
+            limiter.borrow_mut().next_round(now, burst).max(hold_until)
+        };
+        let Some(snapshot) = outbox.next(round_not_before) else {
             return;
         };
         // Debug builds only: lets the tests check supervision (one panic per process).

@@ -462,3 +462,98 @@ fn a_compact_round_mentions_once() {
     let last = mentions.last().map(|r| r.body.clone()).unwrap_or_default();
     assert_eq!(last["text"]["mentioned_list"], json!(["zhangsan"]), "{last}");
 }
+
+/// Issue 15, at the real budget sped up 10× (20 per 6 s, enforced by the fake): 1,000
+/// one-alert notifications posted within a fraction of the window. The first message goes
+/// while the burst is still arriving; the window's budget is not spent on near-empty
+/// messages, so within one window of the burst ≥ 95 % of the alerts are readable in the group
+/// (in messages, or in the file once its file message is in), with no 45009 and no window
+/// over budget.
+#[test]
+fn issue_15_a_burst_is_paced_and_readable_within_a_window() {
+    let window = Duration::from_secs(6);
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(20, window);
+    let relay = Relay::start(&[
+        "--key",
+        &fake.url(),
+        "--rate",
+        "20/6s",
+        "--max-delay",
+        "12s",
+        "--dedup-window",
+        "0",
+    ]);
+    let fps: Vec<String> = (0..1000).map(|i| format!("p{i}")).collect();
+    let bodies: Vec<Vec<u8>> = fps
+        .iter()
+        .map(|fp| payload(&format!("burst-{fp}"), &[A(fp, "firing", "BurstTest")]))
+        .collect();
+    // The first notification alone, then the rest from 8 connections at once.
+    assert_eq!(relay.post(&bodies[0]).status, 200);
+    let addr = relay.addr;
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let mine: Vec<Vec<u8>> = bodies.iter().skip(1 + w).step_by(8).cloned().collect();
+            std::thread::spawn(move || {
+                mine.iter().all(|b| crate::util::post(addr, "/alertinfo", b).status == 200)
+            })
+        })
+        .collect();
+    for w in workers {
+        assert!(w.join().expect("poster"), "a notification was refused");
+    }
+    let burst_end = std::time::Instant::now();
+    let first = fake.received().first().map(|r| r.at).expect("a message during the burst");
+    assert!(first < burst_end, "the first message waited for the burst");
+    assert!(burst_end - first < window, "the burst took longer than a window");
+
+    // Everything eventually (generous), then what the group could read one window after.
+    let file_text = |uploads: &[crate::util::Upload], id: &str| {
+        uploads
+            .iter()
+            .find(|u| u.media_id == id)
+            .map(|u| String::from_utf8_lossy(&u.data).into_owned())
+            .unwrap_or_default()
+    };
+    let readable_by = |deadline: std::time::Instant| {
+        let uploads = fake.uploads();
+        let mut text = String::new();
+        for r in fake.delivered().iter().filter(|r| r.at <= deadline) {
+            text.push_str(r.content());
+            if r.msgtype() == "file" {
+                text.push_str(&file_text(
+                    &uploads,
+                    r.body["file"]["media_id"].as_str().unwrap_or(""),
+                ));
+            }
+            text.push('\n');
+        }
+        fps.iter()
+            .filter(|fp| {
+                text.contains(&format!("instance={fp}.example:9100"))
+                    || text.contains(&format!("fp={fp} "))
+            })
+            .count()
+    };
+    wait_until(Duration::from_secs(60), "every alert readable", || {
+        readable_by(std::time::Instant::now()) == fps.len()
+    });
+    let within = readable_by(burst_end + window);
+    let sent = fake.received();
+    let early: Vec<usize> =
+        sent.iter().filter(|r| r.at <= burst_end + window).map(|r| r.content().len()).collect();
+    assert!(within * 100 >= fps.len() * 95, "{within} of 1000 readable within a window: {early:?}");
+    assert!(sent.iter().all(|r| r.answered == "Ok"), "45009: the budget was exceeded");
+    for (i, a) in sent.iter().enumerate() {
+        let n = sent[i..].iter().take_while(|b| b.at - a.at < window).count();
+        assert!(n <= 20, "{n} messages within one window");
+    }
+    // Afterwards a single new alert still goes out in full, by itself.
+    let before = fake.received().len();
+    assert_eq!(relay.post(&payload("calm", &[A("calm2", "firing", "AfterBurst")])).status, 200);
+    wait_until(Duration::from_secs(15), "the new alert in full", || {
+        fake.delivered_alerts().iter().any(|(f, _)| f == "calm2")
+    });
+    assert_eq!(fake.received().len(), before + 1, "one message for one alert");
+}
