@@ -17,6 +17,7 @@
 
 pub mod compose;
 pub mod dedup;
+pub mod inflight;
 pub mod limiter;
 pub mod queue;
 pub mod sender;

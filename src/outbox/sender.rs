@@ -28,6 +28,7 @@ use crate::config_file::MentionEntry;
 use crate::digest;
 use crate::metrics;
 use crate::outbox::compose::{compose, mention_all, Composed, Message, Style};
+use crate::outbox::inflight::{self, Inflight, Stage};
 use crate::outbox::limiter::Limiter;
 use crate::outbox::queue::{Cover, GroupSnap, Outcome, Snapshot};
 use crate::outbox::split;
@@ -52,6 +53,8 @@ pub struct Settings {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub tz: TzOffset,
+    /// The robot's directory under `--state-dir`: where a digest in flight is recorded.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Where a robot sends and how fast: shared with the config reload, which swaps it while the
@@ -158,6 +161,19 @@ fn run(robot: &Source, settings: &Settings) {
     let mut hold_until = Instant::now();
     let mut failing: Option<String> = None;
     let name = settings.robot.as_str();
+    let journal = settings.state_dir.as_deref().map(inflight::Store::new);
+    // A file sent just before a crash: what it told, replayed from the spool, is not sent again.
+    if let Some(record) = journal.as_ref().and_then(|j| j.load(name)) {
+        let cover = inflight::told(&record, &outbox.snapshot_all(), unix_now());
+        if !cover.alerts.is_empty() {
+            log::info!(
+                "digest file was sent before the restart, not sending it again robot={name} file={} alerts={}",
+                record.file_name,
+                cover.alerts.len()
+            );
+            outbox.settle(&cover, Outcome::Delivered);
+        }
+    }
 
     loop {
         let not_before = |hold: Instant| {
@@ -218,8 +234,9 @@ fn run(robot: &Source, settings: &Settings) {
                     name,
                     &mut send,
                     &wait_budget,
+                    journal.as_ref(),
                 ) {
-                    DigestEnd::Delivered(cover) => {
+                    DigestEnd::Delivered(groups, cover) => {
                         outbox.settle(&cover, Outcome::Delivered);
                         if let Some(previous) = upload_failing.take() {
                             log::info!("file upload recovered robot={name} after=\"{previous}\"");
@@ -265,6 +282,15 @@ fn run(robot: &Source, settings: &Settings) {
                         hold_until = finished + wait;
                         if e.class() == Class::Permanent {
                             file_path_closed_until = finished + file_backoff.next();
+                            // WeCom refused the digest or the file (an expired media id
+                            // answers 40007): the next digest starts afresh.
+                            if let Some(j) = &journal {
+                                if let Err(e) = j.clear() {
+                                    log::warn!(
+                                        "digest record not removed robot={name} error=\"{e}\""
+                                    );
+                                }
+                            }
                         }
                         log::warn!(
                             "digest not delivered, will decide again robot={name} class={} {} retry_in_ms={}",
@@ -611,10 +637,15 @@ fn accepted_at(g: &GroupSnap) -> impl Iterator<Item = ((String, String, u64), In
         .map(|((id, v), since)| ((g.key.clone(), id.clone(), *v), *since))
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 /// How a digest round ended.
 enum DigestEnd {
-    /// Digest and file message accepted: settle these alert states as told.
-    Delivered(Cover),
+    /// Digest and file message accepted: settle these alert states as told (the groups the
+    /// round covered: all pending, or what a digest in flight before a restart covered).
+    Delivered(Vec<GroupSnap>, Cover),
     Stopped,
     /// The digest or the file message failed (when it finished).
     SendFailed(SendError, Instant),
@@ -624,44 +655,90 @@ enum DigestEnd {
 
 /// Uploads the full list, then sends the digest and the file message (each one message of
 /// the budget), and settles every covered alert state only once the file message is accepted.
+/// With a `journal` each step is recorded, and a digest in flight (a crash or a failed send)
+/// goes on from its last step for the states it covered, reusing the uploaded file.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn send_digest(
-    groups: &[GroupSnap],
+    pending: &[GroupSnap],
     target: &Target,
     msgtype: MsgType,
     tz: TzOffset,
     name: &str,
     send: &mut SendOne,
     wait_budget: &dyn Fn() -> bool,
+    journal: Option<&inflight::Store>,
 ) -> DigestEnd {
-    let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let now = Timestamp { unix_seconds: unix as i64, nanos: 0 };
-    let file_name = digest::file_name(now, tz);
-    let file = digest::full_list(&payloads, tz, now, wecom::MEDIA_MAX_BYTES);
-    let media_id = match target {
-        Target::WeCom { client, url } => {
-            match client.upload_media(url, &file_name, file.as_bytes()).0 {
-                Ok(id) => id,
-                Err(e) => return DigestEnd::UploadFailed(e),
+    let unix = unix_now();
+    let record = |r: &Inflight| {
+        if let Some(j) = journal {
+            if let Err(e) = j.save(r) {
+                // Not fatal: after a crash the step is done once more.
+                log::warn!("digest record not saved robot={name} error=\"{e}\"");
             }
         }
-        Target::Stdout => {
-            println!("dry run robot={name} file {file_name}\n{file}");
-            "dry-run".to_string()
+    };
+    let resumed = journal.and_then(|j| j.load(name)).and_then(|r| {
+        let groups = inflight::resume(&r, pending, unix)?;
+        Some((r, groups))
+    });
+    let (mut state, groups) = match resumed {
+        Some((r, groups)) => {
+            log::info!(
+                "digest in flight goes on robot={name} stage={:?} file={} alerts={} media_id_reused=true",
+                r.stage,
+                r.file_name,
+                r.covered.len()
+            );
+            (r, groups)
+        }
+        None => {
+            let payloads: Vec<Payload> = pending.iter().map(|g| g.payload.clone()).collect();
+            let now = Timestamp { unix_seconds: unix as i64, nanos: 0 };
+            let file_name = digest::file_name(now, tz);
+            let file = digest::full_list(&payloads, tz, now, wecom::MEDIA_MAX_BYTES);
+            let media_id = match target {
+                Target::WeCom { client, url } => {
+                    match client.upload_media(url, &file_name, file.as_bytes()).0 {
+                        Ok(id) => id,
+                        Err(e) => return DigestEnd::UploadFailed(e),
+                    }
+                }
+                Target::Stdout => {
+                    println!("dry run robot={name} file {file_name}\n{file}");
+                    "dry-run".to_string()
+                }
+            };
+            let state = Inflight {
+                stage: Stage::Uploaded,
+                media_id,
+                uploaded_unix: unix,
+                file_name,
+                file_bytes: file.len(),
+                covered: inflight::covered(pending),
+            };
+            record(&state);
+            (state, pending.to_vec())
         }
     };
+    let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
     let limit = msgtype.limit();
-    let text =
-        render::adapt(digest::digest(&payloads, tz, &file_name, limit), msgtype).to_markdown();
-    if let (Err(e), at) = send(&msgtype.body(&text)) {
+    let text = render::adapt(digest::digest(&payloads, tz, &state.file_name, limit), msgtype)
+        .to_markdown();
+    if state.stage < Stage::DigestSent {
+        if let (Err(e), at) = send(&msgtype.body(&text)) {
+            return DigestEnd::SendFailed(e, at);
+        }
+        state.stage = Stage::DigestSent;
+        record(&state);
+        if !wait_budget() {
+            return DigestEnd::Stopped;
+        }
+    }
+    if let (Err(e), at) = send(&wecom::file_body(&state.media_id)) {
         return DigestEnd::SendFailed(e, at);
     }
-    if !wait_budget() {
-        return DigestEnd::Stopped;
-    }
-    if let (Err(e), at) = send(&wecom::file_body(&media_id)) {
-        return DigestEnd::SendFailed(e, at);
-    }
+    state.stage = Stage::FileSent;
+    record(&state);
     let cover = Cover {
         legacy: None,
         alerts: groups
@@ -672,12 +749,13 @@ fn send_digest(
     let alerts = cover.alerts.len();
     metrics::digest_sent(name, alerts);
     log::info!(
-        "digest sent robot={name} groups={} alerts={alerts} bytes={} file={file_name} file_bytes={}",
+        "digest sent robot={name} groups={} alerts={alerts} bytes={} file={} file_bytes={}",
         groups.len(),
         text.len(),
-        file.len()
+        state.file_name,
+        state.file_bytes
     );
-    DigestEnd::Delivered(cover)
+    DigestEnd::Delivered(groups, cover)
 }
 
 /// `errcode=N errmsg="…" hint="…"` or `error="…"`, for one log line.

@@ -557,3 +557,145 @@ fn issue_15_a_burst_is_paced_and_readable_within_a_window() {
     });
     assert_eq!(fake.received().len(), before + 1, "one message for one alert");
 }
+
+/// Digests in flight across kill -9 (issue 15, durability): a relay with `--state-dir`
+/// running a storm that only a digest can tell (2 messages per 2 s, `--max-delay 1ms`),
+/// retries held back for longer than the test takes.
+fn durable_storm(fake: &FakeWeCom, state: &str) -> (Relay, Vec<String>, Vec<&'static str>) {
+    let args = vec![
+        "--rate",
+        "2/2s",
+        "--max-delay",
+        "1ms",
+        "--dedup-window",
+        "0",
+        "--retry-initial",
+        "60s",
+        "--retry-max",
+        "60s",
+    ];
+    let mut all = vec!["--key".to_string(), fake.url(), "--state-dir".into(), state.into()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let relay = Relay::start(&refs);
+    let mut fps = Vec::new();
+    for g in 0..10 {
+        let group: Vec<String> = (0..30).map(|i| format!("d{g}x{i}")).collect();
+        let alerts: Vec<A> = group.iter().map(|fp| A(fp, "firing", "DurableTest")).collect();
+        assert_eq!(relay.post(&payload(&format!("durable{g}"), &alerts)).status, 200);
+        fps.extend(group);
+    }
+    (relay, fps, args)
+}
+
+fn restart(fake: &FakeWeCom, state: &str, args: &[&str]) -> Relay {
+    let mut all = vec!["--key".to_string(), fake.url(), "--state-dir".into(), state.into()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    Relay::start(&refs)
+}
+
+/// Every alert in a delivered message or in a file whose file message was delivered.
+fn all_told(fake: &FakeWeCom, fps: &[String]) -> bool {
+    let uploads = fake.uploads();
+    let delivered = fake.delivered();
+    let mut text = String::new();
+    for r in &delivered {
+        text.push_str(r.content());
+        if r.msgtype() == "file" {
+            let id = r.body["file"]["media_id"].as_str().unwrap_or("");
+            if let Some(u) = uploads.iter().find(|u| u.media_id == id) {
+                text.push_str(&String::from_utf8_lossy(&u.data));
+            }
+        }
+    }
+    fps.iter().all(|fp| {
+        text.contains(&format!("fp={fp} ")) || text.contains(&format!("instance={fp}.example"))
+    })
+}
+
+fn digests(fake: &FakeWeCom) -> usize {
+    fake.delivered().iter().filter(|r| r.content().contains("告警汇总")).count()
+}
+
+fn file_messages(fake: &FakeWeCom) -> usize {
+    fake.delivered().iter().filter(|r| r.msgtype() == "file").count()
+}
+
+/// Killed after the upload, before the digest message went through: after the restart the
+/// digest goes on with the same media id (no second upload) and every alert arrives.
+#[test]
+fn issue_15_kill_9_after_the_upload_reuses_the_media_id() {
+    let dir = TempDir::new("inflight-upload");
+    let state = dir.path().to_str().expect("utf8").to_string();
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(2, Duration::from_secs(2));
+    fake.refuse_containing("告警汇总", -1);
+    let (mut relay, fps, args) = durable_storm(&fake, &state);
+    wait_until(Duration::from_secs(30), "the digest message refused after the upload", || {
+        fake.received().iter().any(|r| r.content().contains("告警汇总"))
+    });
+    assert_eq!(fake.uploads().len(), 1);
+    assert!(dir.path().join("digest-inflight.json").exists(), "no record of the upload");
+    relay.kill9();
+    fake.stop_refusing();
+    let relay = restart(&fake, &state, &args);
+    wait_until(Duration::from_secs(30), "every alert told", || {
+        file_messages(&fake) == 1 && all_told(&fake, &fps)
+    });
+    assert_eq!(fake.uploads().len(), 1, "uploaded again instead of reusing the media id");
+    assert_eq!(digests(&fake), 1);
+    assert!(relay.logs().contains("media_id_reused=true"), "{}", relay.logs());
+}
+
+/// Killed after the digest message, before the file message went through: after the restart
+/// only the file message is sent (with the same media id), not a second digest or upload.
+#[test]
+fn issue_15_kill_9_after_the_digest_sends_only_the_file() {
+    let dir = TempDir::new("inflight-digest");
+    let state = dir.path().to_str().expect("utf8").to_string();
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(2, Duration::from_secs(2));
+    fake.fail_file_messages(Some(-1));
+    let (mut relay, fps, args) = durable_storm(&fake, &state);
+    wait_until(Duration::from_secs(30), "the file message refused after the digest", || {
+        fake.received().iter().any(|r| r.msgtype() == "file")
+    });
+    assert_eq!(digests(&fake), 1);
+    relay.kill9();
+    fake.fail_file_messages(None);
+    let _relay = restart(&fake, &state, &args);
+    wait_until(Duration::from_secs(30), "every alert told", || {
+        file_messages(&fake) == 1 && all_told(&fake, &fps)
+    });
+    assert_eq!(fake.uploads().len(), 1, "uploaded again");
+    assert_eq!(digests(&fake), 1, "the digest was sent again");
+}
+
+/// Killed right after the file message was accepted (and the relay knew it): the restart does
+/// not send the digest or the file again for the same changes (whether the spool had forgotten
+/// them or not), and a new alert afterwards goes out as usual. (Killed before the relay heard
+/// WeCom's answer, the file goes once more: the crash window.)
+#[test]
+fn issue_15_kill_9_after_the_file_sends_nothing_again() {
+    let dir = TempDir::new("inflight-file");
+    let state = dir.path().to_str().expect("utf8").to_string();
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(2, Duration::from_secs(2));
+    let (mut relay, fps, args) = durable_storm(&fake, &state);
+    wait_until(Duration::from_secs(30), "the file message", || {
+        file_messages(&fake) == 1 && relay.logs().contains("digest sent robot=default")
+    });
+    relay.kill9();
+    assert!(all_told(&fake, &fps));
+    let relay = restart(&fake, &state, &args);
+    // Replayed states would be sent before a newer group: wait for one.
+    assert_eq!(relay.post(&payload("after", &[A("after1", "firing", "AfterKill")])).status, 200);
+    wait_until(Duration::from_secs(30), "the new alert", || {
+        fake.delivered_alerts().iter().any(|(f, _)| f == "after1")
+            || fake.delivered().iter().any(|r| r.content().contains("instance=after1.example"))
+    });
+    assert_eq!(file_messages(&fake), 1, "the file was sent again");
+    assert_eq!(digests(&fake), 1, "the digest was sent again");
+    assert_eq!(fake.uploads().len(), 1);
+}

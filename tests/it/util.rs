@@ -272,6 +272,8 @@ struct FakeState {
     /// Every upload is answered with this errcode (and counted in `upload_failures`).
     upload_errcode: Option<i64>,
     upload_failures: usize,
+    /// Every `file` message is answered with this errcode while set.
+    file_errcode: Option<i64>,
 }
 
 /// A file the fake accepted on `…/upload_media` (multipart part `media`).
@@ -332,6 +334,7 @@ impl FakeWeCom {
             budget: None,
             upload_errcode: None,
             upload_failures: 0,
+            file_errcode: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         listener.set_nonblocking(true).expect("nonblocking");
@@ -394,6 +397,17 @@ impl FakeWeCom {
     /// Answers every upload with `errcode` from now on; returns nothing to undo it.
     pub fn fail_uploads(&self, errcode: i64) {
         self.state.lock().expect("fake").upload_errcode = Some(errcode);
+    }
+
+    /// Answers every `file` message with `errcode` (`None`: as usual again), so a test can
+    /// stop a digest between its digest message and its file message.
+    pub fn fail_file_messages(&self, errcode: Option<i64>) {
+        self.state.lock().expect("fake").file_errcode = errcode;
+    }
+
+    /// Undoes `refuse_containing`.
+    pub fn stop_refusing(&self) {
+        self.state.lock().expect("fake").poison = None;
     }
 
     /// Uploads answered with the `fail_uploads` errcode.
@@ -489,8 +503,11 @@ fn serve(mut stream: impl Read + Write, state: &Mutex<FakeState>) {
         let over_budget = st.budget.is_some_and(|(max, window)| {
             st.received.iter().filter(|r| r.at.elapsed() < window).count() >= max
         });
+        let file_errcode = st.file_errcode.filter(|_| msgtype == "file");
         let b = if over_budget {
             Behave::Errcode(45009)
+        } else if let Some(code) = file_errcode {
+            Behave::Errcode(code)
         } else if over_limit {
             Behave::Errcode(40058)
         } else if unknown_media {
