@@ -213,7 +213,9 @@ fn run(robot: &Source, settings: &Settings) {
         if matches!(snapshot, Snapshot::Groups(_)) {
             let recent = limiter.borrow_mut().recent(Instant::now());
             let file_open = Instant::now() >= file_path_closed_until;
-            let plan = storm(outbox, rate, &recent, max_delay, msgtype, settings.tz, file_open);
+            let template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
+            let look = (msgtype, settings.tz, template.as_deref());
+            let plan = storm(outbox, rate, &recent, max_delay, look, file_open);
             if let Some(Storm::Compact(groups)) = plan {
                 compact_groups = Some(groups);
             } else if let Some(Storm::Digest(groups)) = plan {
@@ -330,7 +332,8 @@ fn run(robot: &Source, settings: &Settings) {
         let (composed, accepted): (_, HashMap<(String, String, u64), Instant>) =
             match compact_groups {
                 Some(groups) => {
-                    let mut messages = compact_messages(&groups, msgtype, settings.tz);
+                    let mut messages =
+                        compact_messages(&groups, msgtype, settings.tz, template.as_deref());
                     let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
                     messages.extend(mention_all(&payloads, &|p: &Payload| (robot.mentions)(p)));
                     (messages, groups.iter().flat_map(accepted_at).collect())
@@ -544,8 +547,7 @@ fn storm(
     rate: Rate,
     recent: &[Duration],
     max_delay: Duration,
-    msgtype: MsgType,
-    tz: TzOffset,
+    (msgtype, tz, template): (MsgType, TzOffset, Option<&Template>),
     file_open: bool,
 ) -> Option<Storm> {
     let stats = outbox.stats();
@@ -556,8 +558,10 @@ fn storm(
     let groups = outbox.snapshot_all();
     let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
     let limit = msgtype.limit();
-    let compact =
-        split::split(&render::adapt(compact::compact(&payloads, tz, limit), msgtype), limit);
+    let compact = split::split(
+        &render::adapt(compact::compact(&payloads, tz, limit, template), msgtype),
+        limit,
+    );
     match digest::choose(stats.messages, compact.len(), budget) {
         _ if groups.is_empty() => None,
         digest::Layout::Full => None,
@@ -568,7 +572,12 @@ fn storm(
 
 /// Everything pending in the compact layout: the blocks of each section packed into messages
 /// of at most the message type's limit, each covering exactly the alerts its blocks show.
-fn compact_messages(groups: &[GroupSnap], msgtype: MsgType, tz: TzOffset) -> Vec<Composed> {
+fn compact_messages(
+    groups: &[GroupSnap],
+    msgtype: MsgType,
+    tz: TzOffset,
+    template: Option<&Template>,
+) -> Vec<Composed> {
     let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
     let limit = msgtype.limit();
     let cover = |shown: &[(usize, usize)]| Cover {
@@ -599,7 +608,7 @@ fn compact_messages(groups: &[GroupSnap], msgtype: MsgType, tz: TzOffset) -> Vec
         }
     };
     let mut out = Vec::new();
-    for (heading, blocks) in compact::sections(&payloads, tz, limit) {
+    for (heading, blocks) in compact::sections(&payloads, tz, limit, template) {
         let (mut texts, mut shown) = (Vec::new(), Vec::new());
         for (text, alerts) in blocks {
             let fits = {

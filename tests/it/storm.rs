@@ -699,3 +699,58 @@ fn issue_15_kill_9_after_the_file_sends_nothing_again() {
     assert_eq!(digests(&fake), 1, "the digest was sent again");
     assert_eq!(fake.uploads().len(), 1);
 }
+
+/// A template with a `[compact]` section draws storm mode's compact messages itself; every
+/// alert still appears once, on its `[compact_line]`, within the budget.
+#[test]
+fn a_template_with_a_compact_section_draws_the_compact_messages() {
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(5, Duration::from_secs(1));
+    let dir = TempDir::new("storm-template");
+    let template = dir.path().join("ops.tpl");
+    std::fs::write(
+        &template,
+        "[alert]\n**{{labels.alertname}}** {{labels}}\n> {{annotations}} · {{generator_url}}\n\
+         [compact]\n### 🌀 {{alertname}} × {{count}} ({{severity}})\n> {{shared_labels}}\n\
+         [compact_line]\n- {{labels.instance}} 自 {{starts_at}}\n",
+    )
+    .expect("template");
+    let config = dir.path().join("robots.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[robots.ops]\nkey = \"{}\"\nrate = \"5/1s\"\nmax_delay = \"2s\"\ntemplate = \"{}\"\n",
+            fake.url(),
+            template.display()
+        ),
+    )
+    .expect("config");
+    let relay = Relay::start(&["--config", config.to_str().expect("utf8"), "--dedup-window", "0"]);
+    let mut fps = Vec::new();
+    for g in 0..6 {
+        let group: Vec<String> = (0..30).map(|i| format!("t{g}x{i}")).collect();
+        let alerts: Vec<A> = group.iter().map(|fp| A(fp, "firing", "TemplateTest")).collect();
+        assert_eq!(relay.post(&payload(&format!("tpl{g}"), &alerts)).status, 200);
+        fps.extend(group);
+    }
+    // Full layout (the template's [alert]) shows `fp=`; compact lines show `- <instance>`.
+    let told = |fp: &String| {
+        let line = format!("\n- {fp}.example:9100 自 ");
+        fake.delivered()
+            .iter()
+            .any(|r| r.content().contains(&line) || r.content().contains(&format!("fp={fp} ")))
+    };
+    wait_until(Duration::from_secs(30), "every alert in a message", || fps.iter().all(told));
+    let sent = fake.received();
+    assert!(sent.iter().all(|r| r.answered == "Ok"), "the budget was exceeded");
+    let compact: Vec<_> =
+        sent.iter().filter(|r| r.content().contains("### 🌀 TemplateTest × ")).collect();
+    assert!(!compact.is_empty(), "no compact message in the template's look");
+    let first = compact[0].content();
+    assert!(
+        first.contains("(critical)\n> instance") || first.contains("(critical)\n> project=it"),
+        "{first}"
+    );
+    assert!(!first.contains("告警名称"), "the built-in look: {first}");
+    assert!(sent.len() <= 12, "{} messages", sent.len());
+}
