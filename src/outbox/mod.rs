@@ -1,6 +1,7 @@
 //! The outbox between intake and WeCom, one per robot: the alert state the robot's group has not
 //! yet been told ([`queue`]), optionally durable ([`spool`]), drained by the sender thread
-//! ([`sender`]) which composes messages at send time ([`compose`]).
+//! ([`sender`]) which composes messages at send time ([`compose`]); a storm-mode digest in
+//! flight is recorded next to the spool ([`inflight`]).
 //!
 //! Intake calls [`Outbox::enqueue`] and answers Alertmanager from its result; it never waits
 //! for WeCom, only (with a spool) for the fsync covering its notification.

@@ -13,7 +13,13 @@
 //! `max_delay` old does not fit the full layout, everything pending goes in the compact layout
 //! ([`crate::compact`]) if that fits, else as one digest message and the full list as a file
 //! ([`crate::digest`]), settled only once the file message is accepted; a failed upload falls
-//! back to compact messages, and the file path reopens after a back-off.
+//! back to compact messages, and the file path reopens after a back-off. With `--state-dir`
+//! each step of a digest is recorded ([`super::inflight`]), so after a crash or a failed send
+//! it goes on with the same uploaded file, and a file already sent is not sent again.
+//!
+//! Pacing: a round (a snapshot composed into messages) starts by [`Limiter::next_round`], which
+//! holds it while a burst is still arriving instead of spending the window on near-empty
+//! messages; the messages of a round go by the sliding log alone.
 //!
 //! A failure is logged when it starts or changes, not on every retry.
 
