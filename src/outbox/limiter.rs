@@ -105,6 +105,12 @@ impl Limiter {
         hard.max(slot.min(settled))
     }
 
+    /// How many sends may start at `now` without waiting (what is left of the window).
+    pub fn left_now(&mut self, now: Instant) -> usize {
+        self.prune(now);
+        self.max.saturating_sub(self.sends.len())
+    }
+
     /// How long ago each send still in the window finished, for `digest::capacity`.
     pub fn recent(&mut self, now: Instant) -> Vec<Duration> {
         self.prune(now);
@@ -270,6 +276,21 @@ mod tests {
             lim.record(t1);
         }
         assert_eq!(lim.next_round(t1, Some(t1)), t0 + Duration::from_secs(62));
+    }
+
+    #[test]
+    fn left_now_counts_what_the_window_still_allows() {
+        let t0 = Instant::now();
+        let mut lim = wecom();
+        assert_eq!(lim.left_now(t0), 20);
+        for _ in 0..19 {
+            lim.record(t0);
+        }
+        assert_eq!(lim.left_now(t0), 1);
+        lim.record(t0);
+        assert_eq!(lim.left_now(t0), 0);
+        // The window (plus its margin) has passed: all of it again.
+        assert_eq!(lim.left_now(t0 + Duration::from_secs(62)), 20);
     }
 
     #[test]

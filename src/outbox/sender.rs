@@ -24,7 +24,7 @@
 //! A failure is logged when it starts or changes, not on every retry.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -168,8 +168,12 @@ fn run(robot: &Source, settings: &Settings) {
     let mut failing: Option<String> = None;
     let name = settings.robot.as_str();
     let journal = settings.state_dir.as_deref().map(inflight::Store::new);
+    // A digest in flight (uploaded, maybe its digest message sent) goes on before anything
+    // else is decided, so the group is not told its states twice; see `resume_first`.
+    let mut digest_in_flight = false;
     // A file sent just before a crash: what it told, replayed from the spool, is not sent again.
     if let Some(record) = journal.as_ref().and_then(|j| j.load(name)) {
+        digest_in_flight = record.stage < Stage::FileSent;
         let cover = inflight::told(&record, &outbox.snapshot_all(), unix_now());
         if !cover.alerts.is_empty() {
             log::info!(
@@ -215,15 +219,28 @@ fn run(robot: &Source, settings: &Settings) {
         // the compact layout, one digest message and the full list as a file tell it all.
         // When compact fits (or the file path is closed), everything pending in the compact
         // layout, each message settling exactly the alerts it shows.
-        let mut compact_groups = None;
+        // A compact round, and whether it is the fallback for a closed file path.
+        let mut compact_groups: Option<(Vec<GroupSnap>, bool)> = None;
         if matches!(snapshot, Snapshot::Groups(_)) {
             let recent = limiter.borrow_mut().recent(Instant::now());
             let file_open = Instant::now() >= file_path_closed_until;
             let template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
             let look = (msgtype, settings.tz, template.as_deref());
-            let plan = storm(outbox, rate, &recent, max_delay, look, file_open);
-            if let Some(Storm::Compact(groups)) = plan {
-                compact_groups = Some(groups);
+            // A digest in flight whose states are all still pending is finished first (with
+            // its media id): deciding afresh could tell a group compact or full messages
+            // after it has seen the digest of the same states.
+            let resume = digest_in_flight
+                && journal.as_ref().and_then(|j| j.load(name)).is_some_and(|r| {
+                    inflight::resume(&r, &outbox.snapshot_all(), unix_now()).is_some()
+                });
+            digest_in_flight = resume;
+            let plan = if resume {
+                Some(Storm::Digest(outbox.snapshot_all()))
+            } else {
+                storm(outbox, rate, &recent, max_delay, look, file_open)
+            };
+            if let Some(Storm::Compact(groups, fallback)) = plan {
+                compact_groups = Some((groups, fallback));
             } else if let Some(Storm::Digest(groups)) = plan {
                 let mut send = |body: &str| {
                     let (result, _, finished) = send_once(&target, body, name, &limiter);
@@ -245,6 +262,7 @@ fn run(robot: &Source, settings: &Settings) {
                     journal.as_ref(),
                 ) {
                     DigestEnd::Delivered(groups, cover) => {
+                        digest_in_flight = false;
                         outbox.settle(&cover, Outcome::Delivered);
                         if let Some(previous) = upload_failing.take() {
                             log::info!("file upload recovered robot={name} after=\"{previous}\"");
@@ -288,7 +306,10 @@ fn run(robot: &Source, settings: &Settings) {
                             backoff.next()
                         };
                         hold_until = finished + wait;
+                        // Its record (uploaded, perhaps the digest sent) goes on next round.
+                        digest_in_flight = journal.is_some();
                         if e.class() == Class::Permanent {
+                            digest_in_flight = false;
                             file_path_closed_until = finished + file_backoff.next();
                             // WeCom refused the digest or the file (an expired media id
                             // answers 40007): the next digest starts afresh.
@@ -309,8 +330,9 @@ fn run(robot: &Source, settings: &Settings) {
                         continue;
                     }
                     DigestEnd::UploadFailed(e) => {
-                        // Compact messages this round; the file path again after a back-off.
-                        compact_groups = Some(groups);
+                        // Compact messages while the budget allows now and the file path is
+                        // closed (`fallback_goes_on`); then the next round decides again.
+                        compact_groups = Some((groups, true));
                         let wait = file_backoff.next();
                         file_path_closed_until = Instant::now() + wait;
                         // Logged when it starts or changes, not on every attempt.
@@ -335,14 +357,22 @@ fn run(robot: &Source, settings: &Settings) {
         // When each covered state was accepted, for the delivery delay.
         let template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
         let style = Style { msgtype, template: template.as_deref(), tz: settings.tz };
-        let (composed, accepted): (_, HashMap<(String, String, u64), Instant>) =
+        // A compact fallback round keeps its groups (for the mention of what it told) and
+        // what it told so far.
+        let mut fallback: Option<Vec<GroupSnap>> = None;
+        let mut told: HashSet<(String, String, u64)> = HashSet::new();
+        let (mut composed, accepted): (Vec<Composed>, HashMap<(String, String, u64), Instant>) =
             match compact_groups {
-                Some(groups) => {
+                Some((groups, is_fallback)) => {
                     let mut messages =
                         compact_messages(&groups, msgtype, settings.tz, template.as_deref());
                     let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
                     messages.extend(mention_all(&payloads, &|p: &Payload| (robot.mentions)(p)));
-                    (messages, groups.iter().flat_map(accepted_at).collect())
+                    let accepted = groups.iter().flat_map(accepted_at).collect();
+                    if is_fallback {
+                        fallback = Some(groups);
+                    }
+                    (messages, accepted)
                 }
                 None => {
                     let accepted = match &snapshot {
@@ -357,7 +387,32 @@ fn run(robot: &Source, settings: &Settings) {
         // pending would bring it back), at most MENTION_TRIES times.
         let mut i = 0;
         let mut mention_tries = 0;
+        // The fallback keeps one message of the budget for its mention, if it has one.
+        let reserve = usize::from(matches!(
+            composed.last().map(|c| &c.message),
+            Some(Message::Mention { .. })
+        ));
         while i < composed.len() {
+            let next_is_mention = matches!(composed[i].message, Message::Mention { .. });
+            if let (Some(groups), true) = (&fallback, i > 0 && !next_is_mention) {
+                let now = Instant::now();
+                let left = limiter.borrow_mut().left_now(now);
+                if !fallback_goes_on(left, reserve, now, file_path_closed_until) {
+                    // The rest stays pending for the next round's decision: the file path
+                    // again once its back-off has passed. The mention names what was told.
+                    log::debug!(
+                        "compact fallback round ends robot={name} messages={i} alerts={} budget_left={left} file_path_open={}",
+                        told.len(),
+                        now >= file_path_closed_until
+                    );
+                    composed.truncate(i);
+                    let payloads = told_payloads(groups, &told);
+                    composed.extend(mention_all(&payloads, &|p: &Payload| (robot.mentions)(p)));
+                    if i >= composed.len() {
+                        break;
+                    }
+                }
+            }
             let c = &composed[i];
             let is_mention = matches!(c.message, Message::Mention { .. });
             if i > 0 {
@@ -407,6 +462,9 @@ fn run(robot: &Source, settings: &Settings) {
                     );
                     backoff.reset();
                     outbox.settle(&c.cover, Outcome::Delivered);
+                    if fallback.is_some() {
+                        told.extend(c.cover.alerts.iter().cloned());
+                    }
                     metrics::observe_delivery_delays(
                         name,
                         c.cover.alerts.iter().filter_map(|a| accepted.get(a)).map(|t| t.elapsed()),
@@ -540,8 +598,43 @@ fn refused_cover(composed: &[Composed], i: usize) -> Cover {
 
 /// Storm mode's choice for everything pending.
 enum Storm {
-    Compact(Vec<GroupSnap>),
+    /// The compact layout; `true`: as the fallback while the file path is closed.
+    Compact(Vec<GroupSnap>, bool),
     Digest(Vec<GroupSnap>),
+}
+
+/// Whether a compact fallback round (the digest needed, the file path closed after a refused
+/// upload) sends its next message: only while the budget allows it now (`left_now` sends, one
+/// kept for the round's mention by `reserve`) and the file path is still closed. Otherwise the
+/// round ends, the rest stays pending and the next round decides again: with the file path
+/// once its back-off has passed. Sent to the end, a round composed for a storm would hold the
+/// robot for the whole storm (one refused upload cost a bench storm its bound: 80 s at
+/// `--max-delay 12s`); this way a one-off refusal costs at most one window.
+fn fallback_goes_on(
+    left_now: usize,
+    reserve: usize,
+    now: Instant,
+    file_closed_until: Instant,
+) -> bool {
+    left_now > reserve && now < file_closed_until
+}
+
+/// The groups narrowed to the alert states told (for the mention of a fallback round cut short).
+fn told_payloads(groups: &[GroupSnap], told: &HashSet<(String, String, u64)>) -> Vec<Payload> {
+    groups
+        .iter()
+        .filter_map(|g| {
+            let alerts: Vec<_> = g
+                .payload
+                .alerts
+                .iter()
+                .zip(&g.versions)
+                .filter(|(_, (id, v))| told.contains(&(g.key.clone(), id.clone(), *v)))
+                .map(|(a, _)| a.clone())
+                .collect();
+            (!alerts.is_empty()).then(|| Payload { alerts, ..g.payload.clone() })
+        })
+        .collect()
 }
 
 /// When the robot's budget within `max_delay` (counted from the oldest pending change, with
@@ -572,7 +665,8 @@ fn storm(
         _ if groups.is_empty() => None,
         digest::Layout::Full => None,
         digest::Layout::Digest if file_open => Some(Storm::Digest(groups)),
-        _ => Some(Storm::Compact(groups)),
+        digest::Layout::Digest => Some(Storm::Compact(groups, true)),
+        digest::Layout::Compact => Some(Storm::Compact(groups, false)),
     }
 }
 
@@ -806,6 +900,71 @@ mod tests {
         }
         b.reset();
         assert!(b.next() <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_compact_fallback_round_goes_on_only_within_the_budget_and_the_back_off() {
+        let t0 = Instant::now();
+        let closed = t0 + Duration::from_secs(1);
+        // Budget now and the file path still closed: the next compact message goes.
+        assert!(fallback_goes_on(5, 0, t0, closed));
+        assert!(fallback_goes_on(2, 1, t0, closed));
+        // The last send of the window is kept for the round's mention.
+        assert!(!fallback_goes_on(1, 1, t0, closed));
+        // Spent: the round ends instead of waiting for the next window.
+        assert!(!fallback_goes_on(0, 0, t0, closed));
+        // The back-off has passed: the next round tries the file path again.
+        assert!(!fallback_goes_on(5, 0, closed, closed));
+        assert!(!fallback_goes_on(5, 0, closed + Duration::from_millis(1), closed));
+    }
+
+    /// A storm needing 100 compact messages at 20/60 s; the first upload is refused (back-off
+    /// 1 s), the next accepted. Rounds as the sender runs them: a fallback round sends while
+    /// `fallback_goes_on`, the next starts when the limiter allows. The digest and its file go
+    /// within one window of the refusal (not after the 100 messages, 5 windows), and no
+    /// window holds more than 20 sends, whether a send takes 10 ms or 300 ms.
+    #[test]
+    fn a_one_off_refused_upload_costs_at_most_one_window() {
+        let rate = Rate { messages: 20, window: Duration::from_secs(60) };
+        for latency in [Duration::from_millis(10), Duration::from_millis(300)] {
+            let t0 = Instant::now();
+            let mut lim = Limiter::new(rate);
+            let closed = t0 + Duration::from_secs(1);
+            let (mut now, mut compact, mut sends, mut uploads) = (t0, 0, Vec::new(), 0);
+            let file_at = loop {
+                now = lim.next_allowed(now).max(now);
+                if now >= closed {
+                    // The file path: upload (accepted), then the digest and the file message.
+                    uploads += 1;
+                    for _ in 0..2 {
+                        now = lim.next_allowed(now).max(now);
+                        sends.push(now);
+                        now += latency;
+                        lim.record(now);
+                    }
+                    break now;
+                }
+                // A fallback round: its first message always, the rest while allowed.
+                let mut first = true;
+                while compact < 100
+                    && (first || fallback_goes_on(lim.left_now(now), 0, now, closed))
+                {
+                    first = false;
+                    sends.push(now);
+                    compact += 1;
+                    now += latency;
+                    lim.record(now);
+                }
+            };
+            assert_eq!(uploads, 1);
+            assert!(compact <= 20, "{latency:?}: {compact} compact messages before the file");
+            let bound = t0 + Duration::from_secs(62) + Duration::from_secs(1) + latency * 2;
+            assert!(file_at <= bound, "{latency:?}: file after {:?}", file_at - t0);
+            for (i, &a) in sends.iter().enumerate() {
+                let n = sends[i..].iter().take_while(|&&b| b - a < rate.window).count();
+                assert!(n <= 20, "{latency:?}: {n} sends in a window");
+            }
+        }
     }
 
     #[test]

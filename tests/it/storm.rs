@@ -387,6 +387,70 @@ fn a_refused_upload_falls_back_to_compact_messages() {
     assert!(fake.upload_failures() * 2 < sent.len(), "{} uploads", fake.upload_failures());
 }
 
+/// Issue 15, item 4: WeCom refuses only the first upload. The compact fallback sends only what
+/// the budget allows in that window, then the file path is tried again once its back-off has
+/// passed: the storm is told by a file within back-off + one window of the refusal (sending
+/// the fallback round to its end would take about 7 windows here), every alert exactly once (in a
+/// compact message or in the file), nothing lost, no window over budget.
+#[test]
+fn issue_15_a_one_off_refused_upload_costs_one_window_not_the_storm() {
+    let fake = FakeWeCom::start();
+    let window = Duration::from_secs(2);
+    fake.enforce_budget(3, window);
+    fake.fail_uploads_first(40006, 1);
+    let relay = Relay::start(&[
+        "--key",
+        &fake.url(),
+        "--rate",
+        "3/2s",
+        "--max-delay",
+        "1ms",
+        "--dedup-window",
+        "0",
+        "--retry-initial",
+        "500ms",
+    ]);
+    // One notification, so the round whose upload is refused has the whole storm to tell.
+    let fps: Vec<String> = (0..1500).map(|i| format!("o{i}")).collect();
+    let alerts: Vec<A> = fps.iter().map(|fp| A(fp, "firing", "OneOffTest")).collect();
+    assert_eq!(relay.post(&payload("oneoff", &alerts)).status, 200);
+    wait_until(Duration::from_secs(60), "every alert told", || all_told(&fake, &fps));
+    let refused = fake.upload_refused_at();
+    assert_eq!(refused.len(), 1, "one refusal");
+    let sent = fake.received();
+    assert!(sent.iter().all(|r| r.answered == "Ok"), "the budget was exceeded");
+    let file_at = sent.iter().find(|r| r.msgtype() == "file").expect("a file message").at;
+    // Compact messages between the refusal and the file: what one window allows, no more.
+    let fallback = sent.iter().filter(|r| r.at > refused[0] && r.at < file_at);
+    let fallback: Vec<_> = fallback.filter(|r| !r.content().contains("告警汇总")).collect();
+    assert!(!fallback.is_empty(), "no compact message meanwhile");
+    assert!(fallback.len() <= 3, "{} compact messages before the file", fallback.len());
+    // Back-off (at most --retry-initial) + one window and its margin, and one window of slack.
+    let bound = Duration::from_millis(500) + window + window / 30 + window;
+    assert!(file_at - refused[0] <= bound, "file after {:?}", file_at - refused[0]);
+    // Exactly once: an alert in a compact message is not in the file, and in one message only.
+    let file = fake
+        .uploads()
+        .iter()
+        .map(|u| String::from_utf8_lossy(&u.data).into_owned())
+        .collect::<String>();
+    let messages: Vec<&str> =
+        sent.iter().filter(|r| !r.content().contains("告警汇总")).map(|r| r.content()).collect();
+    for fp in &fps {
+        let line = format!("instance={fp}.example");
+        let in_messages = messages.iter().filter(|m| m.contains(&line)).count();
+        let in_file = file.contains(&format!("fp={fp} "));
+        assert_eq!(
+            in_messages + usize::from(in_file),
+            1,
+            "{fp}: {in_messages} messages, file {in_file}"
+        );
+    }
+    let logs = relay.logs();
+    assert_eq!(logs.matches("file upload failed").count(), 1, "{logs}");
+    assert!(logs.contains("errcode=40006"), "{logs}");
+}
+
 /// When the compact layout fits the budget within `--max-delay` and the full one does not, the
 /// backlog goes out compact: a crowd of one alertname as one block, every alert on a line.
 #[test]
