@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::util::{
-    payload, post, run_to_exit, wait_until, Behave, FakeWeCom, Relay, TempDir, A, SECRET,
+    alerts_in, payload, post, run_to_exit, wait_until, Behave, FakeWeCom, Relay, TempDir, A, SECRET,
 };
 
 #[test]
@@ -677,6 +677,36 @@ fn all_told(fake: &FakeWeCom, fps: &[String]) -> bool {
     })
 }
 
+/// The storm's arguments with a `--max-delay` under which the full layout fits: a relay
+/// deciding afresh would send the storm's alerts in messages.
+fn calm_args(args: &[&'static str]) -> Vec<&'static str> {
+    args.iter().map(|a| if *a == "1ms" { "1h" } else { a }).collect()
+}
+
+/// Alerts of `durable_storm` told both in a delivered file and in a message other than the
+/// digest: a group that saw them twice.
+fn told_twice(fake: &FakeWeCom, fps: &[String]) -> Vec<String> {
+    let uploads = fake.uploads();
+    let delivered = fake.delivered();
+    let mut file = String::new();
+    for r in delivered.iter().filter(|r| r.msgtype() == "file") {
+        let id = r.body["file"]["media_id"].as_str().unwrap_or("");
+        if let Some(u) = uploads.iter().find(|u| u.media_id == id) {
+            file.push_str(&String::from_utf8_lossy(&u.data));
+        }
+    }
+    let messages: Vec<&str> =
+        delivered.iter().map(|r| r.content()).filter(|c| !c.contains("告警汇总")).collect();
+    fps.iter()
+        .filter(|fp| file.contains(&format!("fp={fp} ")))
+        .filter(|fp| {
+            let line = format!("instance={fp}.example");
+            messages.iter().any(|m| m.contains(&line) || alerts_in(m).iter().any(|(f, _)| f == *fp))
+        })
+        .cloned()
+        .collect()
+}
+
 fn digests(fake: &FakeWeCom) -> usize {
     fake.delivered().iter().filter(|r| r.content().contains("告警汇总")).count()
 }
@@ -686,7 +716,8 @@ fn file_messages(fake: &FakeWeCom) -> usize {
 }
 
 /// Killed after the upload, before the digest message went through: after the restart the
-/// digest goes on with the same media id (no second upload) and every alert arrives.
+/// digest goes on with the same media id (no second upload) and every alert arrives, even
+/// though the restarted relay's budget would now fit the full layout (`--max-delay 1h`).
 #[test]
 fn issue_15_kill_9_after_the_upload_reuses_the_media_id() {
     let dir = TempDir::new("inflight-upload");
@@ -702,17 +733,20 @@ fn issue_15_kill_9_after_the_upload_reuses_the_media_id() {
     assert!(dir.path().join("digest-inflight.json").exists(), "no record of the upload");
     relay.kill9();
     fake.stop_refusing();
-    let relay = restart(&fake, &state, &args);
+    let relay = restart(&fake, &state, &calm_args(&args));
     wait_until(Duration::from_secs(30), "every alert told", || {
         file_messages(&fake) == 1 && all_told(&fake, &fps)
     });
     assert_eq!(fake.uploads().len(), 1, "uploaded again instead of reusing the media id");
     assert_eq!(digests(&fake), 1);
+    assert_eq!(told_twice(&fake, &fps), Vec::<String>::new(), "told twice");
     assert!(relay.logs().contains("media_id_reused=true"), "{}", relay.logs());
 }
 
 /// Killed after the digest message, before the file message went through: after the restart
-/// only the file message is sent (with the same media id), not a second digest or upload.
+/// only the file message is sent (with the same media id), not a second digest or upload, and
+/// not the digested alerts in messages although the restarted relay's budget would now fit
+/// the full layout (`--max-delay 1h`): the group does not see them twice.
 #[test]
 fn issue_15_kill_9_after_the_digest_sends_only_the_file() {
     let dir = TempDir::new("inflight-digest");
@@ -727,12 +761,14 @@ fn issue_15_kill_9_after_the_digest_sends_only_the_file() {
     assert_eq!(digests(&fake), 1);
     relay.kill9();
     fake.fail_file_messages(None);
-    let _relay = restart(&fake, &state, &args);
+    let relay = restart(&fake, &state, &calm_args(&args));
     wait_until(Duration::from_secs(30), "every alert told", || {
         file_messages(&fake) == 1 && all_told(&fake, &fps)
     });
     assert_eq!(fake.uploads().len(), 1, "uploaded again");
     assert_eq!(digests(&fake), 1, "the digest was sent again");
+    assert_eq!(told_twice(&fake, &fps), Vec::<String>::new(), "told twice");
+    assert!(relay.logs().contains("media_id_reused=true"), "{}", relay.logs());
 }
 
 /// Killed right after the file message was accepted (and the relay knew it): the restart does
