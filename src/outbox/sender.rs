@@ -13,9 +13,11 @@
 //! `max_delay` old does not fit the full layout, everything pending goes in the compact layout
 //! ([`crate::compact`]) if that fits, else as one digest message and the full list as a file
 //! ([`crate::digest`]), settled only once the file message is accepted; a failed upload falls
-//! back to compact messages, and the file path reopens after a back-off. With `--state-dir`
-//! each step of a digest is recorded ([`super::inflight`]), so after a crash or a failed send
-//! it goes on with the same uploaded file, and a file already sent is not sent again.
+//! back to compact messages, only as many as the window allows now (`fallback_goes_on`), and
+//! the next round decides again: with the file path once its back-off has passed. With
+//! `--state-dir` each step of a digest is recorded ([`super::inflight`]), so after a crash or a
+//! failed send it goes on, before anything is decided afresh, with the same uploaded file, and
+//! a file already sent is not sent again.
 //!
 //! Pacing: a round (a snapshot composed into messages) starts by [`Limiter::next_round`], which
 //! holds it while a burst is still arriving instead of spending the window on near-empty
