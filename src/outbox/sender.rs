@@ -363,27 +363,26 @@ fn run(robot: &Source, settings: &Settings) {
         // what it told so far.
         let mut fallback: Option<Vec<GroupSnap>> = None;
         let mut told: HashSet<(String, String, u64)> = HashSet::new();
-        let (mut composed, accepted): (Vec<Composed>, HashMap<(String, String, u64), Instant>) =
-            match compact_groups {
-                Some((groups, is_fallback)) => {
-                    let mut messages =
-                        compact_messages(&groups, msgtype, settings.tz, template.as_deref());
-                    let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
-                    messages.extend(mention_all(&payloads, &|p: &Payload| (robot.mentions)(p)));
-                    let accepted = groups.iter().flat_map(accepted_at).collect();
-                    if is_fallback {
-                        fallback = Some(groups);
-                    }
-                    (messages, accepted)
+        let (mut composed, accepted): (Vec<Composed>, HashMap<_, Instant>) = match compact_groups {
+            Some((groups, is_fallback)) => {
+                let mut messages =
+                    compact_messages(&groups, msgtype, settings.tz, template.as_deref());
+                let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
+                messages.extend(mention_all(&payloads, &|p: &Payload| (robot.mentions)(p)));
+                let accepted = groups.iter().flat_map(accepted_at).collect();
+                if is_fallback {
+                    fallback = Some(groups);
                 }
-                None => {
-                    let accepted = match &snapshot {
-                        Snapshot::Groups(groups) => groups.iter().flat_map(accepted_at).collect(),
-                        Snapshot::Legacy { .. } => HashMap::new(),
-                    };
-                    (compose(snapshot, &style, &|p: &Payload| (robot.mentions)(p)), accepted)
-                }
-            };
+                (messages, accepted)
+            }
+            None => {
+                let accepted = match &snapshot {
+                    Snapshot::Groups(groups) => groups.iter().flat_map(accepted_at).collect(),
+                    Snapshot::Legacy { .. } => HashMap::new(),
+                };
+                (compose(snapshot, &style, &|p: &Payload| (robot.mentions)(p)), accepted)
+            }
+        };
         // A mention goes out after the message that told its alerts, which are settled by
         // then: a mention that fails to send is retried here, not composed again (nothing
         // pending would bring it back), at most MENTION_TRIES times.
