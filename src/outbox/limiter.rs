@@ -19,10 +19,12 @@
 //! - the arrivals pausing for `window / 60` (1 s at 60 s),
 //!
 //! so the next round sees the whole burst and storm mode picks compact or the digest for it.
-//! Not paced: the first send of a window (a lone alert goes at once), a single notification
-//! (one message per group, at once, as without a backlog), and the messages of a round once
-//! composed (they are full; the round chose its layout for the budget). Pacing only delays:
-//! the sliding log above still bounds every window.
+//! A stream of single notifications spaced wider than one send never piles up two, yet
+//! spends a window just as fast; so once a window has spent a quarter of its budget, single
+//! notifications wait for their paced slot too.
+//! Not paced: the first sends of a window (a lone alert in a quiet minute goes at once), and
+//! the messages of a round once composed (they are full; the round chose its layout for the
+//! budget). Pacing only delays: the sliding log above still bounds every window.
 //!
 //! Pure: the caller passes `now`, so tests need no sleeps.
 
@@ -91,7 +93,6 @@ impl Limiter {
     /// arrived since the previous round was composed. See the module doc for the rule.
     pub fn next_round(&mut self, now: Instant, burst: Option<Instant>) -> Instant {
         let hard = self.next_allowed(now);
-        let Some(newest) = burst else { return hard };
         let (Some(&first), Some(&last)) = (self.sends.front(), self.sends.back()) else {
             return hard; // nothing sent in the window: the first message goes at once
         };
@@ -101,8 +102,33 @@ impl Limiter {
         }
         let window_end = first + self.span();
         let slot = last + window_end.saturating_duration_since(last) / left as u32;
-        let settled = newest + self.quiet();
-        hard.max(slot.min(settled))
+        match burst {
+            Some(newest) => hard.max(slot.min(newest + self.quiet())),
+            // One notification at a time, in a window that has spent less than its quarter:
+            // it goes at once.
+            None if self.sends.len() < self.stream_after() => hard,
+            // One at a time but fast (a stream spaced wider than one send): paced too, or it
+            // spends the window on one-alert messages as surely as a burst does.
+            None => hard.max(slot),
+        }
+    }
+
+    /// Sends in a window after which even single notifications are paced: a quarter of the
+    /// budget (5 of WeCom's 20), so a few alerts in a quiet minute still go at once.
+    fn stream_after(&self) -> usize {
+        self.max.div_ceil(4)
+    }
+
+    /// The earliest instant at which `n` sends (at most the budget) may start back to back:
+    /// a digest goes only with room for its file message in the same window.
+    pub fn free_at(&mut self, n: usize, now: Instant) -> Instant {
+        self.prune(now);
+        let n = n.clamp(1, self.max);
+        let excess = (self.sends.len() + n).saturating_sub(self.max);
+        match excess {
+            0 => now,
+            k => self.sends[k - 1] + self.span(),
+        }
     }
 
     /// How many sends may start at `now` without waiting (what is left of the window).
@@ -276,6 +302,59 @@ mod tests {
             lim.record(t1);
         }
         assert_eq!(lim.next_round(t1, Some(t1)), t0 + Duration::from_secs(62));
+    }
+
+    /// A stream one notification at a time, spaced wider than a send (one every 50 ms, each
+    /// send 10 ms): never two waiting, yet without pacing it spends the window's 20 messages
+    /// in its first second. The first quarter goes at once, the rest is spread.
+    #[test]
+    fn a_one_at_a_time_stream_is_paced_after_a_quarter_of_the_budget() {
+        let t0 = Instant::now();
+        let mut lim = wecom();
+        let arrivals: Vec<Instant> = (0..600).map(|i| t0 + Duration::from_millis(i * 50)).collect();
+        let (mut now, mut taken, mut sends) = (t0, 0usize, Vec::new());
+        while taken < arrivals.len() && now < t0 + Duration::from_secs(300) {
+            let seen = arrivals.iter().take_while(|&&a| a <= now).count();
+            if seen == taken {
+                now = arrivals[taken];
+                continue;
+            }
+            let burst = (seen - taken >= 2).then(|| arrivals[seen - 1]);
+            let at = lim.next_round(now, burst);
+            if at > now {
+                now = arrivals.get(seen).map_or(at, |&next| next.min(at));
+                continue;
+            }
+            sends.push(now);
+            taken = seen;
+            now += Duration::from_millis(10);
+            lim.record(now);
+        }
+        assert_eq!(taken, 600);
+        let within = |ms| sends.iter().filter(|&&s| s - t0 < Duration::from_millis(ms)).count();
+        assert!(within(1000) <= 6, "{} sends in the first second: {sends:?}", within(1000));
+        assert_eq!(within(300), 5, "the first quarter goes at once: {sends:?}");
+        for (i, &a) in sends.iter().enumerate() {
+            let n = sends[i..].iter().take_while(|&&b| b - a < Duration::from_secs(60)).count();
+            assert!(n <= 20);
+        }
+    }
+
+    #[test]
+    fn free_at_waits_for_room_for_n_sends() {
+        let t0 = Instant::now();
+        let mut lim = wecom();
+        assert_eq!(lim.free_at(2, t0), t0);
+        for i in 0..19 {
+            lim.record(t0 + Duration::from_secs(i));
+        }
+        // One left: two need the oldest send to leave the window (60 s + 2 s margin).
+        assert_eq!(lim.free_at(1, t0 + Duration::from_secs(20)), t0 + Duration::from_secs(20));
+        assert_eq!(lim.free_at(2, t0 + Duration::from_secs(20)), t0 + Duration::from_secs(62));
+        // Never more than the budget is asked for.
+        let mut one = Limiter::new(Rate { messages: 1, window: Duration::from_secs(3) });
+        one.record(t0);
+        assert_eq!(one.free_at(2, t0), t0 + Duration::from_millis(3100));
     }
 
     #[test]

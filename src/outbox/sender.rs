@@ -241,6 +241,16 @@ fn run(robot: &Source, settings: &Settings) {
             } else {
                 storm(outbox, rate, &recent, max_delay, look, file_open)
             };
+            // A digest says the list is in the attached file: it goes only when the window
+            // holds both messages, so the file never trails it by a window.
+            if matches!(plan, Some(Storm::Digest(_))) {
+                let now = Instant::now();
+                let free = limiter.borrow_mut().free_at(2, now);
+                if free > now {
+                    hold_until = hold_until.max(free);
+                    continue;
+                }
+            }
             if let Some(Storm::Compact(groups, fallback)) = plan {
                 compact_groups = Some((groups, fallback));
             } else if let Some(Storm::Digest(groups)) = plan {
@@ -652,6 +662,8 @@ fn storm(
 ) -> Option<Storm> {
     let stats = outbox.stats();
     let budget = digest::capacity(rate, recent, max_delay.saturating_sub(stats.oldest_age));
+    // What may go at once, without waiting for the window to reopen.
+    let now_budget = digest::capacity(rate, recent, Duration::ZERO);
     if stats.messages as u64 <= budget {
         return None;
     }
@@ -667,6 +679,13 @@ fn storm(
         digest::Layout::Full => None,
         digest::Layout::Digest if file_open => Some(Storm::Digest(groups)),
         digest::Layout::Digest => Some(Storm::Compact(groups, true)),
+        // A compact round that does not fit what may go now would leave its tail a window
+        // behind (a minute at WeCom's budget), while the digest and its file show everything
+        // now: compact only when it goes out whole at once (issue 15: a burst readable within
+        // a minute).
+        digest::Layout::Compact if file_open && compact.len() as u64 > now_budget => {
+            Some(Storm::Digest(groups))
+        }
         digest::Layout::Compact => Some(Storm::Compact(groups, false)),
     }
 }

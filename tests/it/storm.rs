@@ -451,19 +451,20 @@ fn issue_15_a_one_off_refused_upload_costs_one_window_not_the_storm() {
     assert!(logs.contains("errcode=40006"), "{logs}");
 }
 
-/// When the compact layout fits the budget within `--max-delay` and the full one does not, the
-/// backlog goes out compact: a crowd of one alertname as one block, every alert on a line.
+/// When the full layout does not fit the budget within `--max-delay` and the compact one fits
+/// what the window still allows, the backlog goes out compact: a crowd of one alertname as one
+/// block, every alert on a line.
 #[test]
 fn a_backlog_that_fits_compact_goes_out_compact() {
     let fake = FakeWeCom::start();
-    fake.enforce_budget(5, Duration::from_secs(1));
+    fake.enforce_budget(12, Duration::from_secs(2));
     let relay = Relay::start(&[
         "--key",
         &fake.url(),
         "--rate",
-        "5/1s",
+        "12/2s",
         "--max-delay",
-        "2s",
+        "1500ms",
         "--dedup-window",
         "0",
     ]);
@@ -494,13 +495,13 @@ fn a_backlog_that_fits_compact_goes_out_compact() {
 #[test]
 fn a_compact_round_mentions_once() {
     let fake = FakeWeCom::start();
-    fake.enforce_budget(5, Duration::from_secs(1));
+    fake.enforce_budget(12, Duration::from_secs(2));
     let dir = TempDir::new("storm-mention");
     let config = dir.path().join("robots.toml");
     std::fs::write(
         &config,
         format!(
-            "[robots.ops]\nkey = \"{}\"\nrate = \"5/1s\"\nmax_delay = \"2s\"\nmention_users = [\"zhangsan\"]\n",
+            "[robots.ops]\nkey = \"{}\"\nrate = \"12/2s\"\nmax_delay = \"1500ms\"\nmention_users = [\"zhangsan\"]\n",
             fake.url()
         ),
     )
