@@ -64,7 +64,10 @@ pub fn render_digest(config: &Config, paths: &[PathBuf]) -> Result<(), String> {
         }),
         limit,
     );
-    let compact = split(&render::adapt(compact::compact(&groups, tz, limit), rc.msgtype), limit);
+    let compact = split(
+        &render::adapt(compact::compact(&groups, tz, limit, rc.template.as_deref()), rc.msgtype),
+        limit,
+    );
     // As from an idle robot: the relay subtracts what its limiter has already spent.
     let budget = digest::capacity(rc.rate, &[], rc.max_delay);
     let layout = match digest::choose(full, compact.len(), budget) {

@@ -10,6 +10,10 @@
 //! are. A block that would not fit one message is cut into several, each repeating its first
 //! line with "(续)", so no single block ever needs cutting mid-alert.
 //!
+//! A template with a `[compact]` section renders each block's head itself (and each alert's
+//! line with `[compact_line]`), from the same crowd: see [`crate::template`]. The blocks are
+//! cut and packed the same way, so the cover of each message stays exact.
+//!
 //! Pure: no I/O, no clock, no HTTP.
 
 use std::collections::BTreeMap;
@@ -19,6 +23,7 @@ use crate::alertmanager::{Payload, Status};
 use crate::digest::{items, severity_rank, Item};
 use crate::outbox::split::cut_utf8;
 use crate::render::{escape, Document, Section};
+use crate::template::{Crowd, Template};
 use crate::time::{format_time, Timestamp, TzOffset};
 
 /// Longest per-alert line, in bytes; what differs beyond it is cut (the file has it all).
@@ -26,6 +31,9 @@ const LINE_MAX_BYTES: usize = 240;
 
 /// Longest shared annotation shown in a block's head.
 const SHARED_ANNOTATION_MAX_BYTES: usize = 300;
+
+/// Longest line a `[compact_line]` template renders (it may carry markup); cut beyond.
+const TEMPLATE_LINE_MAX_BYTES: usize = 600;
 
 /// Room a message keeps for its section heading and the "(i/n)" `split` adds.
 const HEADING_ROOM_BYTES: usize = 160;
@@ -59,9 +67,15 @@ fn shared(
         .collect()
 }
 
-/// The compact layout of `groups`, blocks of at most `limit` bytes minus the heading's room.
-pub fn compact(groups: &[Payload], tz: TzOffset, limit: usize) -> Document {
-    let sections = sections(groups, tz, limit)
+/// The compact layout of `groups`, blocks of at most `limit` bytes minus the heading's room;
+/// in the template's `[compact]` look when it has one.
+pub fn compact(
+    groups: &[Payload],
+    tz: TzOffset,
+    limit: usize,
+    template: Option<&Template>,
+) -> Document {
+    let sections = sections(groups, tz, limit, template)
         .into_iter()
         .map(|(heading, blocks)| Section {
             heading,
@@ -76,7 +90,13 @@ pub type Block = (String, Vec<(usize, usize)>);
 
 /// The compact layout as sections (heading, blocks), each block with the alerts it shows, so
 /// a sender can settle exactly what each message told.
-pub fn sections(groups: &[Payload], tz: TzOffset, limit: usize) -> Vec<(String, Vec<Block>)> {
+pub fn sections(
+    groups: &[Payload],
+    tz: TzOffset,
+    limit: usize,
+    template: Option<&Template>,
+) -> Vec<(String, Vec<Block>)> {
+    let template = template.filter(|t| t.has_compact());
     let all = items(groups);
     let block_max = limit.saturating_sub(HEADING_ROOM_BYTES).max(200);
     let mut sections = Vec::new();
@@ -100,7 +120,8 @@ pub fn sections(groups: &[Payload], tz: TzOffset, limit: usize) -> Vec<(String, 
         };
         let mut blocks = Vec::new();
         for (name, crowd) in &crowds {
-            crowd_blocks(name, crowd, colour, tz, block_max, &mut blocks);
+            let look = Look { colour, tz, block_max, template };
+            crowd_blocks(name, crowd, &look, &mut blocks);
         }
         sections
             .push((format!("## <font color=\"{colour}\">{title}</font> 共 {count} 条"), blocks));
@@ -108,15 +129,17 @@ pub fn sections(groups: &[Payload], tz: TzOffset, limit: usize) -> Vec<(String, 
     sections
 }
 
-/// One crowd's block(s), appended to `out`.
-fn crowd_blocks(
-    name: &str,
-    crowd: &[Item],
-    colour: &str,
+/// How blocks are written: colour of the status, display offset, size, template.
+struct Look<'a> {
+    colour: &'a str,
     tz: TzOffset,
     block_max: usize,
-    out: &mut Vec<Block>,
-) {
+    template: Option<&'a Template>,
+}
+
+/// One crowd's block(s), appended to `out`.
+fn crowd_blocks(name: &str, crowd: &[Item], look: &Look, out: &mut Vec<Block>) {
+    let Look { colour, tz, block_max, template } = *look;
     let mut label_names: Vec<String> = crowd
         .iter()
         .flat_map(|i| i.alert.labels.0.iter().map(|(k, _)| k.clone()))
@@ -132,17 +155,28 @@ fn crowd_blocks(
     let shared_annotations = shared(crowd, annotation, &annotation_names);
     let is_shared = |n: &str| shared_labels.iter().any(|(k, _)| k == n);
 
-    let severity = match shared_labels.iter().find(|(k, _)| k == "severity") {
-        Some((_, v)) => escape(v),
+    // Raw (the template escapes what it shows); the built-in head escapes it below.
+    let severity_raw = match shared_labels.iter().find(|(k, _)| k == "severity") {
+        Some((_, v)) => v.clone(),
         None => {
             let mut counts: BTreeMap<(u8, String), usize> = BTreeMap::new();
             for i in crowd {
                 let s = i.label("severity").unwrap_or("-");
-                *counts.entry((severity_rank(s), escape(s))).or_default() += 1;
+                *counts.entry((severity_rank(s), s.to_string())).or_default() += 1;
             }
             counts.into_iter().map(|((_, s), n)| format!("{s} {n}")).collect::<Vec<_>>().join(", ")
         }
     };
+    let severity = escape(&severity_raw);
+    let view = Crowd {
+        status: crowd[0].alert.status,
+        alertname: name,
+        severity: &severity_raw,
+        count: crowd.len(),
+        shared_labels: &shared_labels,
+        shared_annotations: &shared_annotations,
+    };
+    let templated = template.and_then(|t| t.compact_head(&view, crowd[0].group, tz));
     let first_line = format!(
         "**告警名称**: <font color=\"{colour}\">{}</font> × {}",
         cut_utf8(&escape(if name.is_empty() { "-" } else { name }), 120),
@@ -169,16 +203,22 @@ fn crowd_blocks(
         }
     }
 
+    // A template's head: its first line repeats with "(续)" as the built-in one does.
+    let (head, first_line) = match templated {
+        Some(t) => {
+            let t = cut_utf8(t.trim_end_matches('\n'), block_max / 2).to_string();
+            let first = t.lines().next().unwrap_or("").to_string();
+            (t, first)
+        }
+        None => (head, first_line),
+    };
+
     let mut sorted: Vec<&Item> = crowd.iter().collect();
     sorted.sort_by_key(|i| i.alert.starts_at);
     let mut block = head;
     let mut shown = Vec::new();
     let mut lines_in_block = 0;
     for item in sorted {
-        let mut line = format!("> {}", short_time(item.alert.starts_at, tz));
-        if item.alert.status == Status::Resolved {
-            let _ = write!(line, " → {}", short_time(item.alert.ends_at, tz));
-        }
         let differs: Vec<String> = item
             .alert
             .labels
@@ -187,15 +227,29 @@ fn crowd_blocks(
             .filter(|(k, v)| k != "alertname" && !v.is_empty() && !is_shared(k))
             .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
             .collect();
-        if !differs.is_empty() {
-            let _ = write!(line, " {}", differs.join(" "));
-        }
-        if !shared_annotations.iter().any(|(k, _)| k == "summary") {
-            if let Some(s) = item.annotation("summary") {
-                let _ = write!(line, " · {}", escape(s));
+        let differs = differs.join(" ");
+        let templated = template
+            .and_then(|t| t.compact_line(&view, item.alert, item.group, &differs, tz))
+            .map(|l| l.replace('\n', " "));
+        let line = match templated {
+            Some(l) => cut_utf8(&l, TEMPLATE_LINE_MAX_BYTES).to_string(),
+            None => {
+                let mut line = format!("> {}", short_time(item.alert.starts_at, tz));
+                if item.alert.status == Status::Resolved {
+                    let _ = write!(line, " → {}", short_time(item.alert.ends_at, tz));
+                }
+                if !differs.is_empty() {
+                    let _ = write!(line, " {differs}");
+                }
+                if !shared_annotations.iter().any(|(k, _)| k == "summary") {
+                    if let Some(s) = item.annotation("summary") {
+                        let _ = write!(line, " · {}", escape(s));
+                    }
+                }
+                cut_utf8(&line, LINE_MAX_BYTES).to_string()
             }
-        }
-        let line = cut_utf8(&line, LINE_MAX_BYTES);
+        };
+        let line = line.as_str();
         if lines_in_block > 0 && block.len() + 1 + line.len() > block_max {
             let text = std::mem::replace(&mut block, format!("{first_line} (续)"));
             out.push((text, std::mem::take(&mut shown)));
@@ -270,7 +324,7 @@ mod tests {
             Status::Resolved,
             1_764_630_000,
         ));
-        let doc = compact(&[group(alerts.clone())], CST, MARKDOWN_MAX_BYTES);
+        let doc = compact(&[group(alerts.clone())], CST, MARKDOWN_MAX_BYTES, None);
         assert_eq!(doc.sections.len(), 2);
         assert!(
             doc.sections[0].heading.contains("告警通知</font> 共 51 条"),
@@ -309,7 +363,7 @@ mod tests {
         let mut b = alert("Probe", "b", "warning", Status::Firing, 1);
         a.annotations.0[0].1 = "probe a failed".into();
         b.annotations.0[0].1 = "probe b slow".into();
-        let doc = compact(&[group(vec![a, b])], CST, MARKDOWN_MAX_BYTES);
+        let doc = compact(&[group(vec![a, b])], CST, MARKDOWN_MAX_BYTES, None);
         let block = &doc.sections[0].alerts[0];
         assert!(
             block.contains("告警级别: <font color=\"warning\">critical 1, warning 1</font>"),
@@ -332,7 +386,7 @@ mod tests {
                 )
             })
             .collect();
-        let doc = compact(&[group(alerts)], CST, MARKDOWN_MAX_BYTES);
+        let doc = compact(&[group(alerts)], CST, MARKDOWN_MAX_BYTES, None);
         let blocks = &doc.sections[0].alerts;
         assert!(blocks.len() > 10);
         assert!(
@@ -349,11 +403,61 @@ mod tests {
             .all(|p| p.len() <= MARKDOWN_MAX_BYTES && !p.contains("内容过长已截断")));
     }
 
+    /// A template's `[compact]` and `[compact_line]` draw the blocks; cutting, "(续)" and the
+    /// alerts each block shows work as for the built-in look.
+    #[test]
+    fn a_template_draws_the_blocks() -> Result<(), String> {
+        let t = crate::template::parse(
+            "[alert]\n{{labels.alertname}}\n\
+             [compact]\n### {{alertname}} · {{count}} 台 · {{severity}}\n> 共同: {{shared_labels}} · {{annotations.summary}}{{#annotations.description}} · {{annotations.description}}{{/annotations.description}}\n\
+             [compact_line]\n- {{differs}} 自 {{starts_at}}{{#resolved}} 至 {{ends_at}}{{/resolved}}",
+        )?;
+        let alerts: Vec<Alert> = (0..300)
+            .map(|i| alert("NodeDown", &format!("host-{i}:9100"), "critical", Status::Firing, i))
+            .collect();
+        let mut resolved = alert("NodeDown", "r1:9100", "critical", Status::Resolved, 0);
+        resolved.labels.0.push(("zone".into(), "<b>".into()));
+        let mut all = alerts;
+        all.push(resolved);
+        let sections = sections(&[group(all)], CST, MARKDOWN_MAX_BYTES, Some(&t));
+        let firing = &sections[0].1;
+        assert!(firing.len() > 1, "cut into blocks");
+        let (first, shown) = &firing[0];
+        assert!(
+            first.starts_with(
+                "### NodeDown · 300 台 · critical\n> 共同: cluster=prod, job=node · Node is down\n- instance=host-0:9100 自 01-01 08:00:00\n"
+            ),
+            "{first}"
+        );
+        assert_eq!(first.matches("\n- ").count(), shown.len());
+        assert!(
+            firing[1].0.starts_with("### NodeDown · 300 台 · critical (续)\n- "),
+            "{}",
+            firing[1].0
+        );
+        let lines: usize = firing.iter().map(|(b, _)| b.matches("\n- instance=").count()).sum();
+        assert_eq!(lines, 300);
+        assert!(firing.iter().all(|(b, _)| b.len() <= MARKDOWN_MAX_BYTES - 160));
+        // A resolved crowd of one: its labels are all shared; values escaped.
+        let (r, _) = &sections[1].1[0];
+        assert!(r.contains("zone=＜b＞") && !r.contains("<b>"), "{r}");
+        // Nothing differs in a crowd of one: `-`, as any empty value (`{{differs|}}`: nothing).
+        assert!(r.ends_with("\n- - 自 01-01 08:00:00 至 01-01 08:10:00"), "{r}");
+        // Without [compact] the built-in look, as before.
+        let plain = crate::template::parse("[alert]\n{{labels.alertname}}")?;
+        let a = [group(vec![alert("X", "h", "critical", Status::Firing, 0)])];
+        assert_eq!(
+            compact(&a, CST, MARKDOWN_MAX_BYTES, Some(&plain)),
+            compact(&a, CST, MARKDOWN_MAX_BYTES, None)
+        );
+        Ok(())
+    }
+
     #[test]
     fn hostile_values_stay_inert() {
         let mut a = alert("<@all>", "**x**\n[l](javascript:y)", "critical", Status::Firing, 0);
         a.labels.0.push(("z".into(), "长".repeat(500)));
-        let doc = compact(&[group(vec![a.clone(), a])], CST, MARKDOWN_MAX_BYTES);
+        let doc = compact(&[group(vec![a.clone(), a])], CST, MARKDOWN_MAX_BYTES, None);
         let text = doc.to_markdown();
         assert!(
             !text.contains("<@all>") && !text.contains("**x**") && !text.contains("[l]"),

@@ -99,6 +99,7 @@ impl Fleet {
                 retry_initial: self.base.retry_initial,
                 retry_max: self.base.retry_max,
                 tz: self.base.tz,
+                state_dir: self.base.state_dir.as_ref().map(|b| robot_dir(b, &robot.name)),
             },
         )
         .map(|_| ())

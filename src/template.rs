@@ -4,7 +4,7 @@
 //! block, and every error must be found when the file loads. A general engine (with loops,
 //! filters, includes) adds hundreds of kilobytes and errors that surface at render time.
 //!
-//! A template file has three sections; `[alert]` is required:
+//! A template file has up to five sections; `[alert]` is required:
 //!
 //! ```text
 //! [firing_heading]
@@ -17,6 +17,15 @@
 //! > 负责人: {{labels.team|无人认领}}
 //! > 开始: {{starts_at}}{{#resolved}}, 恢复: {{ends_at}} ({{duration}}){{/resolved}}
 //! ```
+//!
+//! Storm mode's compact layout ([`crate::compact`]) uses the built-in look unless the template
+//! has a `[compact]` section: rendered once per crowd (alerts of one alertname and status), it
+//! knows `{{alertname}}`, `{{status}}`, `{{colour}}`, `{{severity}}` (shared, else a mix such as
+//! `critical 3, warning 1`), `{{count}}`, `{{shared_labels}}` and `{{labels.NAME}}` /
+//! `{{annotations.NAME}}` for values every alert of the crowd shares. An optional
+//! `[compact_line]` is rendered once per alert under it: the `[alert]` placeholders plus
+//! `{{differs}}` (the labels not shared, `k=v k=v`), `{{alertname}}` and `{{severity}}`, with
+//! `{{starts_at}}` / `{{ends_at}}` as `MM-DD HH:MM:SS`; without it the built-in line is used.
 //!
 //! The mustache subset, exactly:
 //! - `{{NAME}}`: a placeholder (list in the README). Values are always escaped like the
@@ -67,6 +76,11 @@ enum Var {
     Receiver,
     Tz,
     Count,
+    /// Storm mode's compact layout only (see [`Place`]).
+    Alertname,
+    Severity,
+    SharedLabels,
+    Differs,
 }
 
 impl Var {
@@ -81,6 +95,28 @@ impl Var {
                 | Var::Tz
                 | Var::Count
         )
+    }
+}
+
+/// Which section a placeholder sits in: each knows its own set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Heading,
+    Alert,
+    /// `[compact]`: once per crowd of the compact layout.
+    Compact,
+    /// `[compact_line]`: once per alert of a crowd.
+    CompactLine,
+}
+
+impl Place {
+    fn of(section: &str) -> Place {
+        match section {
+            "alert" => Place::Alert,
+            "compact" => Place::Compact,
+            "compact_line" => Place::CompactLine,
+            _ => Place::Heading,
+        }
     }
 }
 
@@ -108,9 +144,12 @@ pub struct Template {
     firing_heading: Vec<Node>,
     resolved_heading: Vec<Node>,
     alert: Vec<Node>,
+    compact: Option<Vec<Node>>,
+    compact_line: Option<Vec<Node>>,
 }
 
-const SECTIONS: &str = "[firing_heading], [resolved_heading] and [alert]";
+const SECTIONS: &str =
+    "[firing_heading], [resolved_heading], [alert], [compact] and [compact_line]";
 
 pub fn load(path: &std::path::Path) -> Result<Template, String> {
     use std::io::Read;
@@ -142,6 +181,10 @@ fn suggest_section(name: &str) -> &'static str {
         "; did you mean [firing_heading]?"
     } else if lower.contains("resol") || lower.contains("recover") {
         "; did you mean [resolved_heading]?"
+    } else if lower.contains("line") {
+        "; did you mean [compact_line]?"
+    } else if lower.contains("compact") || lower.contains("storm") {
+        "; did you mean [compact]?"
     } else if lower.contains("alert") {
         "; did you mean [alert]?"
     } else {
@@ -159,6 +202,8 @@ pub fn parse(text: &str) -> Result<Template, String> {
                 "firing_heading" => "firing_heading",
                 "resolved_heading" => "resolved_heading",
                 "alert" => "alert",
+                "compact" => "compact",
+                "compact_line" => "compact_line",
                 other => {
                     return Err(format!(
                         "line {}: unknown section [{other}]{}; the sections are {SECTIONS}",
@@ -193,15 +238,18 @@ pub fn parse(text: &str) -> Result<Template, String> {
         firing_heading: default_heading("warning", "告警通知"),
         resolved_heading: default_heading("info", "恢复通知"),
         alert: Vec::new(),
+        compact: None,
+        compact_line: None,
     };
     let mut has_alert = false;
     for (name, first_line, body) in sections {
         let body = body.trim_end_matches('\n');
-        let heading = name != "alert";
-        let nodes = parse_nodes(body, first_line, heading)?;
+        let nodes = parse_nodes(body, first_line, Place::of(name))?;
         match name {
             "firing_heading" => t.firing_heading = nodes,
             "resolved_heading" => t.resolved_heading = nodes,
+            "compact" => t.compact = Some(nodes),
+            "compact_line" => t.compact_line = Some(nodes),
             _ => {
                 t.alert = nodes;
                 has_alert = true;
@@ -210,6 +258,9 @@ pub fn parse(text: &str) -> Result<Template, String> {
     }
     if !has_alert {
         return Err("no [alert] section".into());
+    }
+    if t.compact_line.is_some() && t.compact.is_none() {
+        return Err("[compact_line] without [compact]: add the crowd's head as [compact]".into());
     }
     Ok(t)
 }
@@ -240,7 +291,7 @@ impl Open {
     }
 }
 
-fn parse_nodes(body: &str, first_line: usize, heading: bool) -> Result<Vec<Node>, String> {
+fn parse_nodes(body: &str, first_line: usize, place: Place) -> Result<Vec<Node>, String> {
     let mut stack =
         vec![Open { name: String::new(), cond: None, nodes: Vec::new(), line: first_line }];
     let mut rest = body;
@@ -278,7 +329,7 @@ fn parse_nodes(body: &str, first_line: usize, heading: bool) -> Result<Vec<Node>
         } else {
             push_text(&mut stack, before);
         }
-        line_tag(raw, line, heading, triple, &mut stack)?;
+        line_tag(raw, line, place, triple, &mut stack)?;
         line += raw.matches('\n').count();
         if alone && line_end.is_some() {
             line += 1;
@@ -301,7 +352,7 @@ fn parse_nodes(body: &str, first_line: usize, heading: bool) -> Result<Vec<Node>
 fn line_tag(
     raw: &str,
     line: usize,
-    heading: bool,
+    place: Place,
     triple: bool,
     stack: &mut Vec<Open>,
 ) -> Result<(), String> {
@@ -333,7 +384,7 @@ fn line_tag(
     if let Some(name) = tag.strip_prefix('#').or_else(|| tag.strip_prefix('^')) {
         let inverted = tag.starts_with('^');
         let name = name.trim();
-        let cond = condition(name, line, heading)?;
+        let cond = condition(name, line, place)?;
         if stack.len() > MAX_DEPTH {
             return Err(format!("line {line}: sections nest deeper than {MAX_DEPTH}"));
         }
@@ -369,15 +420,58 @@ fn line_tag(
         None => (tag, "-".to_string()),
     };
     let var = variable(name).ok_or_else(|| format!("line {line}: unknown placeholder {shown}"))?;
-    check_place(&var, name, line, heading)?;
+    check_place(&var, name, line, place)?;
     if let Some(top) = stack.last_mut() {
         top.nodes.push(Node::Var(var, default));
     }
     Ok(())
 }
 
-/// Headings know `{{count}}` and the notification's values; alerts know all but `{{count}}`.
-fn check_place(var: &Var, name: &str, line: usize, heading: bool) -> Result<(), String> {
+/// Headings know `{{count}}` and the notification's values; alerts know all but `{{count}}`;
+/// the compact sections know their own sets (see the module doc).
+fn check_place(var: &Var, name: &str, line: usize, place: Place) -> Result<(), String> {
+    let compact_only =
+        matches!(var, Var::Alertname | Var::Severity | Var::SharedLabels | Var::Differs);
+    match place {
+        Place::Compact => {
+            let known = matches!(
+                var,
+                Var::Alertname
+                    | Var::Status
+                    | Var::Colour
+                    | Var::Severity
+                    | Var::Count
+                    | Var::SharedLabels
+                    | Var::Label(_)
+                    | Var::Annotation(_)
+                    | Var::Tz
+            );
+            if !known {
+                return Err(format!(
+                    "line {line}: {{{{{name}}}}} is not known in [compact], which is rendered \
+                     once per crowd; it knows {{{{alertname}}}}, {{{{status}}}}, {{{{colour}}}}, \
+                     {{{{severity}}}}, {{{{count}}}}, {{{{shared_labels}}}}, {{{{tz}}}}, and \
+                     labels.NAME / annotations.NAME shared by the crowd"
+                ));
+            }
+            return Ok(());
+        }
+        Place::CompactLine => {
+            if matches!(var, Var::Count | Var::SharedLabels) {
+                return Err(format!(
+                    "line {line}: {{{{{name}}}}} belongs to the crowd: write it in [compact]"
+                ));
+            }
+            return Ok(());
+        }
+        Place::Heading | Place::Alert if compact_only => {
+            return Err(format!(
+                "line {line}: {{{{{name}}}}} is only for [compact] and [compact_line]"
+            ));
+        }
+        _ => {}
+    }
+    let heading = place == Place::Heading;
     if *var == Var::Count && !heading {
         return Err(format!("line {line}: {{{{count}}}} is only for headings"));
     }
@@ -391,7 +485,7 @@ fn check_place(var: &Var, name: &str, line: usize, heading: bool) -> Result<(), 
     Ok(())
 }
 
-fn condition(name: &str, line: usize, heading: bool) -> Result<Cond, String> {
+fn condition(name: &str, line: usize, place: Place) -> Result<Cond, String> {
     match name {
         "firing" => return Ok(Cond::Firing),
         "resolved" => return Ok(Cond::Resolved),
@@ -414,7 +508,7 @@ fn condition(name: &str, line: usize, heading: bool) -> Result<Cond, String> {
     if var == Var::Count {
         return Err(format!("line {line}: {{{{#count}}}} is always true; leave it out"));
     }
-    check_place(&var, name, line, heading)?;
+    check_place(&var, name, line, place)?;
     Ok(Cond::Present(var))
 }
 
@@ -455,6 +549,10 @@ fn variable(tag: &str) -> Option<Var> {
         "receiver" => Var::Receiver,
         "tz" => Var::Tz,
         "count" => Var::Count,
+        "alertname" => Var::Alertname,
+        "severity" => Var::Severity,
+        "shared_labels" => Var::SharedLabels,
+        "differs" => Var::Differs,
         _ => return None,
     })
 }
@@ -642,6 +740,22 @@ struct Ctx<'a> {
     /// The section's status in headings, the alert's in `[alert]`.
     status: Status,
     count: usize,
+    /// In the compact sections: the crowd, and the alert's differing labels (escaped).
+    crowd: Option<&'a Crowd<'a>>,
+    differs: &'a str,
+}
+
+/// One crowd of storm mode's compact layout (alerts of one alertname and status), as the
+/// `[compact]` and `[compact_line]` sections see it. Values are raw; shown escaped.
+pub struct Crowd<'a> {
+    pub status: Status,
+    pub alertname: &'a str,
+    /// The shared severity, else the mix (`critical 3, warning 1`).
+    pub severity: &'a str,
+    pub count: usize,
+    /// Labels (alertname and severity left out) and annotations every alert shares.
+    pub shared_labels: &'a [(String, String)],
+    pub shared_annotations: &'a [(String, String)],
 }
 
 impl Template {
@@ -656,24 +770,67 @@ impl Template {
                 .iter()
                 .filter(|a| a.status == status)
                 .map(|a| {
-                    let ctx = Ctx { alert: Some(a), payload, tz, status, count: 0 };
+                    let ctx = Ctx::of(Some(a), payload, tz, status, 0);
                     fill(&self.alert, &ctx)
                 })
                 .collect();
             if alerts.is_empty() {
                 continue;
             }
-            let ctx = Ctx { alert: None, payload, tz, status, count: alerts.len() };
+            let ctx = Ctx::of(None, payload, tz, status, alerts.len());
             sections.push(Section { heading: fill(heading, &ctx), alerts });
         }
         if sections.is_empty() {
-            let ctx = Ctx { alert: None, payload, tz, status: payload.status, count: 0 };
+            let ctx = Ctx::of(None, payload, tz, payload.status, 0);
             sections.push(Section {
                 heading: fill(&self.resolved_heading, &ctx),
                 alerts: vec!["-".into()],
             });
         }
         Document { sections, footer: truncated_footer(payload) }
+    }
+
+    /// True when the template renders storm mode's compact layout itself (`[compact]`).
+    pub fn has_compact(&self) -> bool {
+        self.compact.is_some()
+    }
+
+    /// A crowd's head in the `[compact]` layout (`None` without the section). `group` is the
+    /// group of the crowd's first alert (for `{{tz}}` and the like).
+    pub fn compact_head(&self, crowd: &Crowd, group: &Payload, tz: TzOffset) -> Option<String> {
+        let nodes = self.compact.as_ref()?;
+        let mut ctx = Ctx::of(None, group, tz, crowd.status, crowd.count);
+        ctx.crowd = Some(crowd);
+        Some(fill(nodes, &ctx))
+    }
+
+    /// One alert's line under its crowd (`None` without `[compact_line]`: the built-in line).
+    /// `differs` is the alert's labels the crowd does not share, escaped, `k=v k=v`.
+    pub fn compact_line(
+        &self,
+        crowd: &Crowd,
+        alert: &Alert,
+        group: &Payload,
+        differs: &str,
+        tz: TzOffset,
+    ) -> Option<String> {
+        let nodes = self.compact_line.as_ref()?;
+        let mut ctx = Ctx::of(Some(alert), group, tz, alert.status, crowd.count);
+        ctx.crowd = Some(crowd);
+        ctx.differs = differs;
+        Some(fill(nodes, &ctx))
+    }
+}
+
+impl<'a> Ctx<'a> {
+    fn of(
+        alert: Option<&'a Alert>,
+        payload: &'a Payload,
+        tz: TzOffset,
+        status: Status,
+        count: usize,
+    ) -> Ctx<'a> {
+        Ctx { alert, payload, tz, status, count, crowd: None, differs: "" }
     }
 }
 
@@ -723,9 +880,41 @@ fn value(var: &Var, ctx: &Ctx) -> String {
         Var::Receiver => return escape(&p.receiver),
         Var::Tz => return ctx.tz.to_string(),
         Var::Count => return ctx.count.to_string(),
+        Var::Differs => return ctx.differs.to_string(),
         _ => {}
     }
+    if let (Some(crowd), None) = (ctx.crowd, ctx.alert) {
+        // `[compact]`: the crowd's values; a label or annotation only when all share it.
+        let shared = |pairs: &[(String, String)], n: &str| {
+            pairs.iter().find(|(k, _)| k == n).map(|(_, v)| escape(v)).unwrap_or_default()
+        };
+        return match var {
+            Var::Alertname => escape(crowd.alertname),
+            Var::Severity => escape(crowd.severity),
+            Var::Status => crowd.status.as_str().to_string(),
+            Var::Colour => colour(crowd.status).to_string(),
+            Var::SharedLabels => crowd
+                .shared_labels
+                .iter()
+                .filter(|(k, v)| k != "alertname" && k != "severity" && !v.is_empty())
+                .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Var::Label(n) if n == "alertname" => escape(crowd.alertname),
+            Var::Label(n) => shared(crowd.shared_labels, n),
+            Var::Annotation(n) => shared(crowd.shared_annotations, n),
+            _ => String::new(),
+        };
+    }
     let Some(a) = ctx.alert else { return String::new() };
+    // `[compact_line]`: times without the year, which every line would repeat.
+    let time = |t: Option<crate::time::Timestamp>| {
+        let full = t.map(|t| format_time(t, ctx.tz)).unwrap_or_default();
+        match ctx.crowd {
+            Some(_) => full.get(5..).unwrap_or(&full).to_string(),
+            None => full,
+        }
+    };
     match var {
         Var::Label(n) => escape(a.labels.get(n).or_else(|| p.common_labels.get(n)).unwrap_or("")),
         Var::Annotation(n) => {
@@ -734,8 +923,8 @@ fn value(var: &Var, ctx: &Ctx) -> String {
         Var::Labels => all(&a.labels),
         Var::Annotations => all(&a.annotations),
         Var::Status => a.status.as_str().to_string(),
-        Var::StartsAt => a.starts_at.map(|t| format_time(t, ctx.tz)).unwrap_or_default(),
-        Var::EndsAt => a.ends_at.map(|t| format_time(t, ctx.tz)).unwrap_or_default(),
+        Var::StartsAt => time(a.starts_at),
+        Var::EndsAt => time(a.ends_at),
         Var::Duration => duration(a).unwrap_or_default(),
         Var::GeneratorUrl => a.generator_url.as_deref().and_then(safe_url).unwrap_or_default(),
         Var::SilenceUrl => silence_url(a, p).unwrap_or_default(),
@@ -746,13 +935,28 @@ fn value(var: &Var, ctx: &Ctx) -> String {
             .and_then(safe_url)
             .unwrap_or_default(),
         Var::Fingerprint => escape(&a.fingerprint),
-        Var::Colour => if a.status == Status::Firing { "warning" } else { "info" }.to_string(),
+        Var::Colour => colour(a.status).to_string(),
+        Var::Alertname => escape(
+            a.labels.get("alertname").or_else(|| p.common_labels.get("alertname")).unwrap_or(""),
+        ),
+        Var::Severity => escape(
+            a.labels.get("severity").or_else(|| p.common_labels.get("severity")).unwrap_or(""),
+        ),
         Var::GroupLabel(_)
         | Var::CommonLabel(_)
         | Var::ExternalUrl
         | Var::Receiver
         | Var::Tz
-        | Var::Count => String::new(),
+        | Var::Count
+        | Var::SharedLabels
+        | Var::Differs => String::new(),
+    }
+}
+
+fn colour(status: Status) -> &'static str {
+    match status {
+        Status::Firing => "warning",
+        Status::Resolved => "info",
     }
 }
 
@@ -941,6 +1145,67 @@ mod tests {
             "[alert]\n{{labels.team|-}} {{labels.a | n/a}} {{#labels.end}}x{{/labels.end}}"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn compact_sections_know_their_placeholders() -> Result<(), String> {
+        let t = parse(
+            "[alert]\nx\n[compact]\n{{#firing}}🔥{{/firing}}{{alertname}} {{status}} <font color=\"{{colour}}\">{{severity}}</font> ×{{count}} [{{shared_labels}}] {{labels.job}} {{annotations.summary|无摘要}} {{labels.instance|各不相同}} {{tz}}\n\
+             [compact_line]\n{{differs}} {{alertname}}/{{severity}} {{starts_at}} {{fingerprint}} {{labels.instance}}",
+        )?;
+        assert!(t.has_compact());
+        let p = payload(
+            r#"{"alerts":[{"labels":{"alertname":"A<b>","severity":"critical","job":"node","instance":"h1"},"startsAt":"2024-05-01T12:00:00Z","fingerprint":"f1"}]}"#,
+        )?;
+        let shared =
+            vec![("job".to_string(), "node".to_string()), ("severity".into(), "critical".into())];
+        let crowd = Crowd {
+            status: Status::Firing,
+            alertname: "A<b>",
+            severity: "critical",
+            count: 2,
+            shared_labels: &shared,
+            shared_annotations: &[],
+        };
+        assert_eq!(
+            t.compact_head(&crowd, &p, CST).as_deref(),
+            Some("🔥A＜b＞ firing <font color=\"warning\">critical</font> ×2 [job=node] node 无摘要 各不相同 +08:00")
+        );
+        assert_eq!(
+            t.compact_line(&crowd, &p.alerts[0], &p, "instance=h1", CST).as_deref(),
+            Some("instance=h1 A＜b＞/critical 05-01 20:00:00 f1 h1")
+        );
+        // Without the sections: None, the built-in look is used.
+        let plain = parse("[alert]\nx")?;
+        assert!(!plain.has_compact() && plain.compact_head(&crowd, &p, CST).is_none());
+        for (text, want) in [
+            (
+                "[alert]\nx\n[compact]\n{{starts_at}}",
+                "line 4: {{starts_at}} is not known in [compact]",
+            ),
+            (
+                "[alert]\nx\n[compact]\n{{#generator_url}}x{{/generator_url}}",
+                "is not known in [compact]",
+            ),
+            (
+                "[alert]\nx\n[compact]\nx\n[compact_line]\n{{count}}",
+                "line 6: {{count}} belongs to the crowd",
+            ),
+            (
+                "[alert]\n{{differs}}",
+                "line 2: {{differs}} is only for [compact] and [compact_line]",
+            ),
+            (
+                "[firing_heading]\n{{alertname}}\n[alert]\nx",
+                "only for [compact] and [compact_line]",
+            ),
+            ("[alert]\nx\n[compact_line]\n{{differs}}", "[compact_line] without [compact]"),
+            ("[alert]\nx\n[compacts]\nx", "did you mean [compact]?"),
+        ] {
+            let err = parse(text).err().unwrap_or_default();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+        Ok(())
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The outbox between intake and WeCom, one per robot: the alert state the robot's group has not
 //! yet been told ([`queue`]), optionally durable ([`spool`]), drained by the sender thread
-//! ([`sender`]) which composes messages at send time ([`compose`]).
+//! ([`sender`]) which composes messages at send time ([`compose`]); a storm-mode digest in
+//! flight is recorded next to the spool ([`inflight`]).
 //!
 //! Intake calls [`Outbox::enqueue`] and answers Alertmanager from its result; it never waits
 //! for WeCom, only (with a spool) for the fsync covering its notification.
@@ -17,6 +18,7 @@
 
 pub mod compose;
 pub mod dedup;
+pub mod inflight;
 pub mod limiter;
 pub mod queue;
 pub mod sender;
@@ -85,6 +87,10 @@ struct State {
     accepting: bool,
     stopped: bool,
     next_id: u64,
+    /// Notifications that changed something since the sender last took a snapshot, and when
+    /// the newest arrived: the limiter paces rounds while a burst arrives (issue 15).
+    arrived: usize,
+    newest_arrival: Option<Instant>,
 }
 
 /// Snapshot for health, readiness and metrics.
@@ -129,6 +135,8 @@ impl Outbox {
             accepting: true,
             stopped: false,
             next_id: 1,
+            arrived: 0,
+            newest_arrival: None,
         };
         let spool = spool.map(|(spool, records)| {
             let now = Instant::now();
@@ -216,7 +224,13 @@ impl Outbox {
         }
         let applied = {
             let mut st = self.lock();
-            st.queue.apply(reservation, id, payload, Instant::now())
+            let now = Instant::now();
+            let applied = st.queue.apply(reservation, id, payload, now);
+            if applied.changed > 0 {
+                st.arrived += 1;
+                st.newest_arrival = Some(now);
+            }
+            applied
         };
         perform(self.spool.as_ref(), applied.actions);
         self.changed.notify_all();
@@ -227,15 +241,18 @@ impl Outbox {
     }
 
     /// Blocks until something is pending and `not_before` has passed, then returns what to
-    /// compose. `None` once stopped.
-    pub fn next(&self, not_before: impl Fn() -> Instant) -> Option<Snapshot> {
+    /// compose. `None` once stopped. `not_before` is given when the newest notification
+    /// arrived if at least two arrived since the previous snapshot (a burst), and is asked
+    /// again at every arrival.
+    pub fn next(&self, not_before: impl Fn(Option<Instant>) -> Instant) -> Option<Snapshot> {
         let mut st = self.lock();
         loop {
             if st.stopped {
                 return None;
             }
             if !st.queue.is_empty() {
-                let at = not_before();
+                let burst = if st.arrived >= 2 { st.newest_arrival } else { None };
+                let at = not_before(burst);
                 let now = Instant::now();
                 if at <= now {
                     break;
@@ -245,6 +262,7 @@ impl Outbox {
                 st = self.wait(st, None);
             }
         }
+        st.arrived = 0;
         st.queue.next(SNAPSHOT_GROUPS)
     }
 
@@ -406,7 +424,7 @@ mod tests {
         let sender = {
             let (o, sent) = (Arc::clone(&outbox), Arc::clone(&sent));
             std::thread::spawn(move || {
-                while let Some(snap) = o.next(Instant::now) {
+                while let Some(snap) = o.next(|_| Instant::now()) {
                     assert!(o.stats().messages <= 50);
                     if let Snapshot::Groups(groups) = snap {
                         let g = &groups[0];

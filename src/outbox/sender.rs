@@ -13,12 +13,20 @@
 //! `max_delay` old does not fit the full layout, everything pending goes in the compact layout
 //! ([`crate::compact`]) if that fits, else as one digest message and the full list as a file
 //! ([`crate::digest`]), settled only once the file message is accepted; a failed upload falls
-//! back to compact messages, and the file path reopens after a back-off.
+//! back to compact messages, only as many as the window allows now (`fallback_goes_on`), and
+//! the next round decides again: with the file path once its back-off has passed. With
+//! `--state-dir` each step of a digest is recorded ([`super::inflight`]), so after a crash or a
+//! failed send it goes on, before anything is decided afresh, with the same uploaded file, and
+//! a file already sent is not sent again.
+//!
+//! Pacing: a round (a snapshot composed into messages) starts by [`Limiter::next_round`], which
+//! holds it while a burst is still arriving instead of spending the window on near-empty
+//! messages; the messages of a round go by the sliding log alone.
 //!
 //! A failure is logged when it starts or changes, not on every retry.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +36,7 @@ use crate::config_file::MentionEntry;
 use crate::digest;
 use crate::metrics;
 use crate::outbox::compose::{compose, mention_all, Composed, Message, Style};
+use crate::outbox::inflight::{self, Inflight, Stage};
 use crate::outbox::limiter::Limiter;
 use crate::outbox::queue::{Cover, GroupSnap, Outcome, Snapshot};
 use crate::outbox::split;
@@ -52,6 +61,8 @@ pub struct Settings {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub tz: TzOffset,
+    /// The robot's directory under `--state-dir`: where a digest in flight is recorded.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Where a robot sends and how fast: shared with the config reload, which swaps it while the
@@ -158,13 +169,36 @@ fn run(robot: &Source, settings: &Settings) {
     let mut hold_until = Instant::now();
     let mut failing: Option<String> = None;
     let name = settings.robot.as_str();
+    let journal = settings.state_dir.as_deref().map(inflight::Store::new);
+    // A digest in flight (uploaded, maybe its digest message sent) goes on before anything
+    // else is decided, so the group is not told its states twice; see `resume_first`.
+    let mut digest_in_flight = false;
+    // A file sent just before a crash: what it told, replayed from the spool, is not sent again.
+    if let Some(record) = journal.as_ref().and_then(|j| j.load(name)) {
+        digest_in_flight = record.stage < Stage::FileSent;
+        let cover = inflight::told(&record, &outbox.snapshot_all(), unix_now());
+        if !cover.alerts.is_empty() {
+            log::info!(
+                "digest file was sent before the restart, not sending it again robot={name} file={} alerts={}",
+                record.file_name,
+                cover.alerts.len()
+            );
+            outbox.settle(&cover, Outcome::Delivered);
+        }
+    }
 
     loop {
         let not_before = |hold: Instant| {
             let now = Instant::now();
             limiter.borrow_mut().next_allowed(now).max(hold)
         };
-        let Some(snapshot) = outbox.next(|| not_before(hold_until)) else {
+        // A round starts by the limiter's pacing rule (a burst arriving waits for its paced
+        // slot or a pause in arrivals); the parts of a round by the sliding log alone.
+        let round_not_before = |burst: Option<Instant>| {
+            let now = Instant::now();
+            limiter.borrow_mut().next_round(now, burst).max(hold_until)
+        };
+        let Some(snapshot) = outbox.next(round_not_before) else {
             return;
         };
         // Debug builds only: lets the tests check supervision (one panic per process).
@@ -187,13 +221,38 @@ fn run(robot: &Source, settings: &Settings) {
         // the compact layout, one digest message and the full list as a file tell it all.
         // When compact fits (or the file path is closed), everything pending in the compact
         // layout, each message settling exactly the alerts it shows.
-        let mut compact_groups = None;
+        // A compact round, and whether it is the fallback for a closed file path.
+        let mut compact_groups: Option<(Vec<GroupSnap>, bool)> = None;
         if matches!(snapshot, Snapshot::Groups(_)) {
             let recent = limiter.borrow_mut().recent(Instant::now());
             let file_open = Instant::now() >= file_path_closed_until;
-            let plan = storm(outbox, rate, &recent, max_delay, msgtype, settings.tz, file_open);
-            if let Some(Storm::Compact(groups)) = plan {
-                compact_groups = Some(groups);
+            let template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
+            let look = (msgtype, settings.tz, template.as_deref());
+            // A digest in flight whose states are all still pending is finished first (with
+            // its media id): deciding afresh could tell a group compact or full messages
+            // after it has seen the digest of the same states.
+            let resume = digest_in_flight
+                && journal.as_ref().and_then(|j| j.load(name)).is_some_and(|r| {
+                    inflight::resume(&r, &outbox.snapshot_all(), unix_now()).is_some()
+                });
+            digest_in_flight = resume;
+            let plan = if resume {
+                Some(Storm::Digest(outbox.snapshot_all()))
+            } else {
+                storm(outbox, rate, &recent, max_delay, look, file_open)
+            };
+            // A digest says the list is in the attached file: it goes only when the window
+            // holds both messages, so the file never trails it by a window.
+            if matches!(plan, Some(Storm::Digest(_))) {
+                let now = Instant::now();
+                let free = limiter.borrow_mut().free_at(2, now);
+                if free > now {
+                    hold_until = hold_until.max(free);
+                    continue;
+                }
+            }
+            if let Some(Storm::Compact(groups, fallback)) = plan {
+                compact_groups = Some((groups, fallback));
             } else if let Some(Storm::Digest(groups)) = plan {
                 let mut send = |body: &str| {
                     let (result, _, finished) = send_once(&target, body, name, &limiter);
@@ -212,8 +271,10 @@ fn run(robot: &Source, settings: &Settings) {
                     name,
                     &mut send,
                     &wait_budget,
+                    journal.as_ref(),
                 ) {
-                    DigestEnd::Delivered(cover) => {
+                    DigestEnd::Delivered(groups, cover) => {
+                        digest_in_flight = false;
                         outbox.settle(&cover, Outcome::Delivered);
                         if let Some(previous) = upload_failing.take() {
                             log::info!("file upload recovered robot={name} after=\"{previous}\"");
@@ -257,8 +318,20 @@ fn run(robot: &Source, settings: &Settings) {
                             backoff.next()
                         };
                         hold_until = finished + wait;
+                        // Its record (uploaded, perhaps the digest sent) goes on next round.
+                        digest_in_flight = journal.is_some();
                         if e.class() == Class::Permanent {
+                            digest_in_flight = false;
                             file_path_closed_until = finished + file_backoff.next();
+                            // WeCom refused the digest or the file (an expired media id
+                            // answers 40007): the next digest starts afresh.
+                            if let Some(j) = &journal {
+                                if let Err(e) = j.clear() {
+                                    log::warn!(
+                                        "digest record not removed robot={name} error=\"{e}\""
+                                    );
+                                }
+                            }
                         }
                         log::warn!(
                             "digest not delivered, will decide again robot={name} class={} {} retry_in_ms={}",
@@ -269,8 +342,9 @@ fn run(robot: &Source, settings: &Settings) {
                         continue;
                     }
                     DigestEnd::UploadFailed(e) => {
-                        // Compact messages this round; the file path again after a back-off.
-                        compact_groups = Some(groups);
+                        // Compact messages while the budget allows now and the file path is
+                        // closed (`fallback_goes_on`); then the next round decides again.
+                        compact_groups = Some((groups, true));
                         let wait = file_backoff.next();
                         file_path_closed_until = Instant::now() + wait;
                         // Logged when it starts or changes, not on every attempt.
@@ -295,28 +369,61 @@ fn run(robot: &Source, settings: &Settings) {
         // When each covered state was accepted, for the delivery delay.
         let template = robot.template.lock().map(|t| t.clone()).unwrap_or_default();
         let style = Style { msgtype, template: template.as_deref(), tz: settings.tz };
-        let (composed, accepted): (_, HashMap<(String, String, u64), Instant>) =
-            match compact_groups {
-                Some(groups) => {
-                    let mut messages = compact_messages(&groups, msgtype, settings.tz);
-                    let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
-                    messages.extend(mention_all(&payloads, &|p: &Payload| (robot.mentions)(p)));
-                    (messages, groups.iter().flat_map(accepted_at).collect())
+        // A compact fallback round keeps its groups (for the mention of what it told) and
+        // what it told so far.
+        let mut fallback: Option<Vec<GroupSnap>> = None;
+        let mut told: HashSet<(String, String, u64)> = HashSet::new();
+        let (mut composed, accepted): (Vec<Composed>, HashMap<_, Instant>) = match compact_groups {
+            Some((groups, is_fallback)) => {
+                let mut messages =
+                    compact_messages(&groups, msgtype, settings.tz, template.as_deref());
+                let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
+                messages.extend(mention_all(&payloads, &|p: &Payload| (robot.mentions)(p)));
+                let accepted = groups.iter().flat_map(accepted_at).collect();
+                if is_fallback {
+                    fallback = Some(groups);
                 }
-                None => {
-                    let accepted = match &snapshot {
-                        Snapshot::Groups(groups) => groups.iter().flat_map(accepted_at).collect(),
-                        Snapshot::Legacy { .. } => HashMap::new(),
-                    };
-                    (compose(snapshot, &style, &|p: &Payload| (robot.mentions)(p)), accepted)
-                }
-            };
+                (messages, accepted)
+            }
+            None => {
+                let accepted = match &snapshot {
+                    Snapshot::Groups(groups) => groups.iter().flat_map(accepted_at).collect(),
+                    Snapshot::Legacy { .. } => HashMap::new(),
+                };
+                (compose(snapshot, &style, &|p: &Payload| (robot.mentions)(p)), accepted)
+            }
+        };
         // A mention goes out after the message that told its alerts, which are settled by
         // then: a mention that fails to send is retried here, not composed again (nothing
         // pending would bring it back), at most MENTION_TRIES times.
         let mut i = 0;
         let mut mention_tries = 0;
+        // The fallback keeps one message of the budget for its mention, if it has one.
+        let reserve = usize::from(matches!(
+            composed.last().map(|c| &c.message),
+            Some(Message::Mention { .. })
+        ));
         while i < composed.len() {
+            let next_is_mention = matches!(composed[i].message, Message::Mention { .. });
+            if let (Some(groups), true) = (&fallback, i > 0 && !next_is_mention) {
+                let now = Instant::now();
+                let left = limiter.borrow_mut().left_now(now);
+                if !fallback_goes_on(left, reserve, now, file_path_closed_until) {
+                    // The rest stays pending for the next round's decision: the file path
+                    // again once its back-off has passed. The mention names what was told.
+                    log::debug!(
+                        "compact fallback round ends robot={name} messages={i} alerts={} budget_left={left} file_path_open={}",
+                        told.len(),
+                        now >= file_path_closed_until
+                    );
+                    composed.truncate(i);
+                    let payloads = told_payloads(groups, &told);
+                    composed.extend(mention_all(&payloads, &|p: &Payload| (robot.mentions)(p)));
+                    if i >= composed.len() {
+                        break;
+                    }
+                }
+            }
             let c = &composed[i];
             let is_mention = matches!(c.message, Message::Mention { .. });
             if i > 0 {
@@ -366,6 +473,9 @@ fn run(robot: &Source, settings: &Settings) {
                     );
                     backoff.reset();
                     outbox.settle(&c.cover, Outcome::Delivered);
+                    if fallback.is_some() {
+                        told.extend(c.cover.alerts.iter().cloned());
+                    }
                     metrics::observe_delivery_delays(
                         name,
                         c.cover.alerts.iter().filter_map(|a| accepted.get(a)).map(|t| t.elapsed()),
@@ -499,8 +609,43 @@ fn refused_cover(composed: &[Composed], i: usize) -> Cover {
 
 /// Storm mode's choice for everything pending.
 enum Storm {
-    Compact(Vec<GroupSnap>),
+    /// The compact layout; `true`: as the fallback while the file path is closed.
+    Compact(Vec<GroupSnap>, bool),
     Digest(Vec<GroupSnap>),
+}
+
+/// Whether a compact fallback round (the digest needed, the file path closed after a refused
+/// upload) sends its next message: only while the budget allows it now (`left_now` sends, one
+/// kept for the round's mention by `reserve`) and the file path is still closed. Otherwise the
+/// round ends, the rest stays pending and the next round decides again: with the file path
+/// once its back-off has passed. Sent to the end, a round composed for a storm would hold the
+/// robot for the whole storm (one refused upload cost a bench storm its bound: 80 s at
+/// `--max-delay 12s`); this way a one-off refusal costs at most one window.
+fn fallback_goes_on(
+    left_now: usize,
+    reserve: usize,
+    now: Instant,
+    file_closed_until: Instant,
+) -> bool {
+    left_now > reserve && now < file_closed_until
+}
+
+/// The groups narrowed to the alert states told (for the mention of a fallback round cut short).
+fn told_payloads(groups: &[GroupSnap], told: &HashSet<(String, String, u64)>) -> Vec<Payload> {
+    groups
+        .iter()
+        .filter_map(|g| {
+            let alerts: Vec<_> = g
+                .payload
+                .alerts
+                .iter()
+                .zip(&g.versions)
+                .filter(|(_, (id, v))| told.contains(&(g.key.clone(), id.clone(), *v)))
+                .map(|(a, _)| a.clone())
+                .collect();
+            (!alerts.is_empty()).then(|| Payload { alerts, ..g.payload.clone() })
+        })
+        .collect()
 }
 
 /// When the robot's budget within `max_delay` (counted from the oldest pending change, with
@@ -512,31 +657,47 @@ fn storm(
     rate: Rate,
     recent: &[Duration],
     max_delay: Duration,
-    msgtype: MsgType,
-    tz: TzOffset,
+    (msgtype, tz, template): (MsgType, TzOffset, Option<&Template>),
     file_open: bool,
 ) -> Option<Storm> {
     let stats = outbox.stats();
     let budget = digest::capacity(rate, recent, max_delay.saturating_sub(stats.oldest_age));
+    // What may go at once, without waiting for the window to reopen.
+    let now_budget = digest::capacity(rate, recent, Duration::ZERO);
     if stats.messages as u64 <= budget {
         return None;
     }
     let groups = outbox.snapshot_all();
     let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
     let limit = msgtype.limit();
-    let compact =
-        split::split(&render::adapt(compact::compact(&payloads, tz, limit), msgtype), limit);
+    let compact = split::split(
+        &render::adapt(compact::compact(&payloads, tz, limit, template), msgtype),
+        limit,
+    );
     match digest::choose(stats.messages, compact.len(), budget) {
         _ if groups.is_empty() => None,
         digest::Layout::Full => None,
         digest::Layout::Digest if file_open => Some(Storm::Digest(groups)),
-        _ => Some(Storm::Compact(groups)),
+        digest::Layout::Digest => Some(Storm::Compact(groups, true)),
+        // A compact round that does not fit what may go now would leave its tail a window
+        // behind (a minute at WeCom's budget), while the digest and its file show everything
+        // now: compact only when it goes out whole at once (issue 15: a burst readable within
+        // a minute).
+        digest::Layout::Compact if file_open && compact.len() as u64 > now_budget => {
+            Some(Storm::Digest(groups))
+        }
+        digest::Layout::Compact => Some(Storm::Compact(groups, false)),
     }
 }
 
 /// Everything pending in the compact layout: the blocks of each section packed into messages
 /// of at most the message type's limit, each covering exactly the alerts its blocks show.
-fn compact_messages(groups: &[GroupSnap], msgtype: MsgType, tz: TzOffset) -> Vec<Composed> {
+fn compact_messages(
+    groups: &[GroupSnap],
+    msgtype: MsgType,
+    tz: TzOffset,
+    template: Option<&Template>,
+) -> Vec<Composed> {
     let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
     let limit = msgtype.limit();
     let cover = |shown: &[(usize, usize)]| Cover {
@@ -567,7 +728,7 @@ fn compact_messages(groups: &[GroupSnap], msgtype: MsgType, tz: TzOffset) -> Vec
         }
     };
     let mut out = Vec::new();
-    for (heading, blocks) in compact::sections(&payloads, tz, limit) {
+    for (heading, blocks) in compact::sections(&payloads, tz, limit, template) {
         let (mut texts, mut shown) = (Vec::new(), Vec::new());
         for (text, alerts) in blocks {
             let fits = {
@@ -605,10 +766,15 @@ fn accepted_at(g: &GroupSnap) -> impl Iterator<Item = ((String, String, u64), In
         .map(|((id, v), since)| ((g.key.clone(), id.clone(), *v), *since))
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
 /// How a digest round ended.
 enum DigestEnd {
-    /// Digest and file message accepted: settle these alert states as told.
-    Delivered(Cover),
+    /// Digest and file message accepted: settle these alert states as told (the groups the
+    /// round covered: all pending, or what a digest in flight before a restart covered).
+    Delivered(Vec<GroupSnap>, Cover),
     Stopped,
     /// The digest or the file message failed (when it finished).
     SendFailed(SendError, Instant),
@@ -618,44 +784,90 @@ enum DigestEnd {
 
 /// Uploads the full list, then sends the digest and the file message (each one message of
 /// the budget), and settles every covered alert state only once the file message is accepted.
+/// With a `journal` each step is recorded, and a digest in flight (a crash or a failed send)
+/// goes on from its last step for the states it covered, reusing the uploaded file.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 fn send_digest(
-    groups: &[GroupSnap],
+    pending: &[GroupSnap],
     target: &Target,
     msgtype: MsgType,
     tz: TzOffset,
     name: &str,
     send: &mut SendOne,
     wait_budget: &dyn Fn() -> bool,
+    journal: Option<&inflight::Store>,
 ) -> DigestEnd {
-    let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let now = Timestamp { unix_seconds: unix as i64, nanos: 0 };
-    let file_name = digest::file_name(now, tz);
-    let file = digest::full_list(&payloads, tz, now, wecom::MEDIA_MAX_BYTES);
-    let media_id = match target {
-        Target::WeCom { client, url } => {
-            match client.upload_media(url, &file_name, file.as_bytes()).0 {
-                Ok(id) => id,
-                Err(e) => return DigestEnd::UploadFailed(e),
+    let unix = unix_now();
+    let record = |r: &Inflight| {
+        if let Some(j) = journal {
+            if let Err(e) = j.save(r) {
+                // Not fatal: after a crash the step is done once more.
+                log::warn!("digest record not saved robot={name} error=\"{e}\"");
             }
         }
-        Target::Stdout => {
-            println!("dry run robot={name} file {file_name}\n{file}");
-            "dry-run".to_string()
+    };
+    let resumed = journal.and_then(|j| j.load(name)).and_then(|r| {
+        let groups = inflight::resume(&r, pending, unix)?;
+        Some((r, groups))
+    });
+    let (mut state, groups) = match resumed {
+        Some((r, groups)) => {
+            log::info!(
+                "digest in flight goes on robot={name} stage={:?} file={} alerts={} media_id_reused=true",
+                r.stage,
+                r.file_name,
+                r.covered.len()
+            );
+            (r, groups)
+        }
+        None => {
+            let payloads: Vec<Payload> = pending.iter().map(|g| g.payload.clone()).collect();
+            let now = Timestamp { unix_seconds: unix as i64, nanos: 0 };
+            let file_name = digest::file_name(now, tz);
+            let file = digest::full_list(&payloads, tz, now, wecom::MEDIA_MAX_BYTES);
+            let media_id = match target {
+                Target::WeCom { client, url } => {
+                    match client.upload_media(url, &file_name, file.as_bytes()).0 {
+                        Ok(id) => id,
+                        Err(e) => return DigestEnd::UploadFailed(e),
+                    }
+                }
+                Target::Stdout => {
+                    println!("dry run robot={name} file {file_name}\n{file}");
+                    "dry-run".to_string()
+                }
+            };
+            let state = Inflight {
+                stage: Stage::Uploaded,
+                media_id,
+                uploaded_unix: unix,
+                file_name,
+                file_bytes: file.len(),
+                covered: inflight::covered(pending),
+            };
+            record(&state);
+            (state, pending.to_vec())
         }
     };
+    let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
     let limit = msgtype.limit();
-    let text =
-        render::adapt(digest::digest(&payloads, tz, &file_name, limit), msgtype).to_markdown();
-    if let (Err(e), at) = send(&msgtype.body(&text)) {
+    let text = render::adapt(digest::digest(&payloads, tz, &state.file_name, limit), msgtype)
+        .to_markdown();
+    if state.stage < Stage::DigestSent {
+        if let (Err(e), at) = send(&msgtype.body(&text)) {
+            return DigestEnd::SendFailed(e, at);
+        }
+        state.stage = Stage::DigestSent;
+        record(&state);
+        if !wait_budget() {
+            return DigestEnd::Stopped;
+        }
+    }
+    if let (Err(e), at) = send(&wecom::file_body(&state.media_id)) {
         return DigestEnd::SendFailed(e, at);
     }
-    if !wait_budget() {
-        return DigestEnd::Stopped;
-    }
-    if let (Err(e), at) = send(&wecom::file_body(&media_id)) {
-        return DigestEnd::SendFailed(e, at);
-    }
+    state.stage = Stage::FileSent;
+    record(&state);
     let cover = Cover {
         legacy: None,
         alerts: groups
@@ -666,12 +878,13 @@ fn send_digest(
     let alerts = cover.alerts.len();
     metrics::digest_sent(name, alerts);
     log::info!(
-        "digest sent robot={name} groups={} alerts={alerts} bytes={} file={file_name} file_bytes={}",
+        "digest sent robot={name} groups={} alerts={alerts} bytes={} file={} file_bytes={}",
         groups.len(),
         text.len(),
-        file.len()
+        state.file_name,
+        state.file_bytes
     );
-    DigestEnd::Delivered(cover)
+    DigestEnd::Delivered(groups, cover)
 }
 
 /// `errcode=N errmsg="…" hint="…"` or `error="…"`, for one log line.
@@ -707,6 +920,71 @@ mod tests {
         }
         b.reset();
         assert!(b.next() <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_compact_fallback_round_goes_on_only_within_the_budget_and_the_back_off() {
+        let t0 = Instant::now();
+        let closed = t0 + Duration::from_secs(1);
+        // Budget now and the file path still closed: the next compact message goes.
+        assert!(fallback_goes_on(5, 0, t0, closed));
+        assert!(fallback_goes_on(2, 1, t0, closed));
+        // The last send of the window is kept for the round's mention.
+        assert!(!fallback_goes_on(1, 1, t0, closed));
+        // Spent: the round ends instead of waiting for the next window.
+        assert!(!fallback_goes_on(0, 0, t0, closed));
+        // The back-off has passed: the next round tries the file path again.
+        assert!(!fallback_goes_on(5, 0, closed, closed));
+        assert!(!fallback_goes_on(5, 0, closed + Duration::from_millis(1), closed));
+    }
+
+    /// A storm needing 100 compact messages at 20/60 s; the first upload is refused (back-off
+    /// 1 s), the next accepted. Rounds as the sender runs them: a fallback round sends while
+    /// `fallback_goes_on`, the next starts when the limiter allows. The digest and its file go
+    /// within one window of the refusal (not after the 100 messages, 5 windows), and no
+    /// window holds more than 20 sends, whether a send takes 10 ms or 300 ms.
+    #[test]
+    fn a_one_off_refused_upload_costs_at_most_one_window() {
+        let rate = Rate { messages: 20, window: Duration::from_secs(60) };
+        for latency in [Duration::from_millis(10), Duration::from_millis(300)] {
+            let t0 = Instant::now();
+            let mut lim = Limiter::new(rate);
+            let closed = t0 + Duration::from_secs(1);
+            let (mut now, mut compact, mut sends, mut uploads) = (t0, 0, Vec::new(), 0);
+            let file_at = loop {
+                now = lim.next_allowed(now).max(now);
+                if now >= closed {
+                    // The file path: upload (accepted), then the digest and the file message.
+                    uploads += 1;
+                    for _ in 0..2 {
+                        now = lim.next_allowed(now).max(now);
+                        sends.push(now);
+                        now += latency;
+                        lim.record(now);
+                    }
+                    break now;
+                }
+                // A fallback round: its first message always, the rest while allowed.
+                let mut first = true;
+                while compact < 100
+                    && (first || fallback_goes_on(lim.left_now(now), 0, now, closed))
+                {
+                    first = false;
+                    sends.push(now);
+                    compact += 1;
+                    now += latency;
+                    lim.record(now);
+                }
+            };
+            assert_eq!(uploads, 1);
+            assert!(compact <= 20, "{latency:?}: {compact} compact messages before the file");
+            let bound = t0 + Duration::from_secs(62) + Duration::from_secs(1) + latency * 2;
+            assert!(file_at <= bound, "{latency:?}: file after {:?}", file_at - t0);
+            for (i, &a) in sends.iter().enumerate() {
+                let n = sends[i..].iter().take_while(|&&b| b - a < rate.window).count();
+                assert!(n <= 20, "{latency:?}: {n} sends in a window");
+            }
+        }
     }
 
     #[test]

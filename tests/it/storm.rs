@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::util::{
-    payload, post, run_to_exit, wait_until, Behave, FakeWeCom, Relay, TempDir, A, SECRET,
+    alerts_in, payload, post, run_to_exit, wait_until, Behave, FakeWeCom, Relay, TempDir, A, SECRET,
 };
 
 #[test]
@@ -387,19 +387,84 @@ fn a_refused_upload_falls_back_to_compact_messages() {
     assert!(fake.upload_failures() * 2 < sent.len(), "{} uploads", fake.upload_failures());
 }
 
-/// When the compact layout fits the budget within `--max-delay` and the full one does not, the
-/// backlog goes out compact: a crowd of one alertname as one block, every alert on a line.
+/// Issue 15, item 4: WeCom refuses only the first upload. The compact fallback sends only what
+/// the budget allows in that window, then the file path is tried again once its back-off has
+/// passed: the storm is told by a file within back-off + one window of the refusal (sending
+/// the fallback round to its end would take about 7 windows here), every alert exactly once (in a
+/// compact message or in the file), nothing lost, no window over budget.
 #[test]
-fn a_backlog_that_fits_compact_goes_out_compact() {
+fn issue_15_a_one_off_refused_upload_costs_one_window_not_the_storm() {
     let fake = FakeWeCom::start();
-    fake.enforce_budget(5, Duration::from_secs(1));
+    let window = Duration::from_secs(2);
+    fake.enforce_budget(3, window);
+    fake.fail_uploads_first(40006, 1);
     let relay = Relay::start(&[
         "--key",
         &fake.url(),
         "--rate",
-        "5/1s",
+        "3/2s",
         "--max-delay",
-        "2s",
+        "1ms",
+        "--dedup-window",
+        "0",
+        "--retry-initial",
+        "500ms",
+    ]);
+    // One notification, so the round whose upload is refused has the whole storm to tell.
+    let fps: Vec<String> = (0..1500).map(|i| format!("o{i}")).collect();
+    let alerts: Vec<A> = fps.iter().map(|fp| A(fp, "firing", "OneOffTest")).collect();
+    assert_eq!(relay.post(&payload("oneoff", &alerts)).status, 200);
+    wait_until(Duration::from_secs(60), "every alert told", || all_told(&fake, &fps));
+    let refused = fake.upload_refused_at();
+    assert_eq!(refused.len(), 1, "one refusal");
+    let sent = fake.received();
+    assert!(sent.iter().all(|r| r.answered == "Ok"), "the budget was exceeded");
+    let file_at = sent.iter().find(|r| r.msgtype() == "file").expect("a file message").at;
+    // Compact messages between the refusal and the file: what one window allows, no more.
+    let fallback = sent.iter().filter(|r| r.at > refused[0] && r.at < file_at);
+    let fallback: Vec<_> = fallback.filter(|r| !r.content().contains("告警汇总")).collect();
+    assert!(!fallback.is_empty(), "no compact message meanwhile");
+    assert!(fallback.len() <= 3, "{} compact messages before the file", fallback.len());
+    // Back-off (at most --retry-initial) + one window and its margin, and one window of slack.
+    let bound = Duration::from_millis(500) + window + window / 30 + window;
+    assert!(file_at - refused[0] <= bound, "file after {:?}", file_at - refused[0]);
+    // Exactly once: an alert in a compact message is not in the file, and in one message only.
+    let file = fake
+        .uploads()
+        .iter()
+        .map(|u| String::from_utf8_lossy(&u.data).into_owned())
+        .collect::<String>();
+    let messages: Vec<&str> =
+        sent.iter().filter(|r| !r.content().contains("告警汇总")).map(|r| r.content()).collect();
+    for fp in &fps {
+        let line = format!("instance={fp}.example");
+        let in_messages = messages.iter().filter(|m| m.contains(&line)).count();
+        let in_file = file.contains(&format!("fp={fp} "));
+        assert_eq!(
+            in_messages + usize::from(in_file),
+            1,
+            "{fp}: {in_messages} messages, file {in_file}"
+        );
+    }
+    let logs = relay.logs();
+    assert_eq!(logs.matches("file upload failed").count(), 1, "{logs}");
+    assert!(logs.contains("errcode=40006"), "{logs}");
+}
+
+/// When the full layout does not fit the budget within `--max-delay` and the compact one fits
+/// what the window still allows, the backlog goes out compact: a crowd of one alertname as one
+/// block, every alert on a line.
+#[test]
+fn a_backlog_that_fits_compact_goes_out_compact() {
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(12, Duration::from_secs(2));
+    let relay = Relay::start(&[
+        "--key",
+        &fake.url(),
+        "--rate",
+        "12/2s",
+        "--max-delay",
+        "1500ms",
         "--dedup-window",
         "0",
     ]);
@@ -430,13 +495,13 @@ fn a_backlog_that_fits_compact_goes_out_compact() {
 #[test]
 fn a_compact_round_mentions_once() {
     let fake = FakeWeCom::start();
-    fake.enforce_budget(5, Duration::from_secs(1));
+    fake.enforce_budget(12, Duration::from_secs(2));
     let dir = TempDir::new("storm-mention");
     let config = dir.path().join("robots.toml");
     std::fs::write(
         &config,
         format!(
-            "[robots.ops]\nkey = \"{}\"\nrate = \"5/1s\"\nmax_delay = \"2s\"\nmention_users = [\"zhangsan\"]\n",
+            "[robots.ops]\nkey = \"{}\"\nrate = \"12/2s\"\nmax_delay = \"1500ms\"\nmention_users = [\"zhangsan\"]\n",
             fake.url()
         ),
     )
@@ -461,4 +526,331 @@ fn a_compact_round_mentions_once() {
     assert!(!mentions.is_empty() && mentions.len() < 6, "{} mentions", mentions.len());
     let last = mentions.last().map(|r| r.body.clone()).unwrap_or_default();
     assert_eq!(last["text"]["mentioned_list"], json!(["zhangsan"]), "{last}");
+}
+
+/// Issue 15, at the real budget sped up 10× (20 per 6 s, enforced by the fake): 1,000
+/// one-alert notifications posted within a fraction of the window. The first message goes
+/// while the burst is still arriving; the window's budget is not spent on near-empty
+/// messages, so within one window of the burst ≥ 95 % of the alerts are readable in the group
+/// (in messages, or in the file once its file message is in), with no 45009 and no window
+/// over budget.
+#[test]
+fn issue_15_a_burst_is_paced_and_readable_within_a_window() {
+    let window = Duration::from_secs(6);
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(20, window);
+    let relay = Relay::start(&[
+        "--key",
+        &fake.url(),
+        "--rate",
+        "20/6s",
+        "--max-delay",
+        "12s",
+        "--dedup-window",
+        "0",
+    ]);
+    let fps: Vec<String> = (0..1000).map(|i| format!("p{i}")).collect();
+    let bodies: Vec<Vec<u8>> = fps
+        .iter()
+        .map(|fp| payload(&format!("burst-{fp}"), &[A(fp, "firing", "BurstTest")]))
+        .collect();
+    // The first notification alone, then the rest from 8 connections at once.
+    assert_eq!(relay.post(&bodies[0]).status, 200);
+    let addr = relay.addr;
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let mine: Vec<Vec<u8>> = bodies.iter().skip(1 + w).step_by(8).cloned().collect();
+            std::thread::spawn(move || {
+                mine.iter().all(|b| crate::util::post(addr, "/alertinfo", b).status == 200)
+            })
+        })
+        .collect();
+    for w in workers {
+        assert!(w.join().expect("poster"), "a notification was refused");
+    }
+    let burst_end = std::time::Instant::now();
+    let first = fake.received().first().map(|r| r.at).expect("a message during the burst");
+    assert!(first < burst_end, "the first message waited for the burst");
+
+    // Everything eventually (generous), then what the group could read one window after.
+    let file_text = |uploads: &[crate::util::Upload], id: &str| {
+        uploads
+            .iter()
+            .find(|u| u.media_id == id)
+            .map(|u| String::from_utf8_lossy(&u.data).into_owned())
+            .unwrap_or_default()
+    };
+    let readable_by = |deadline: std::time::Instant| {
+        let uploads = fake.uploads();
+        let mut text = String::new();
+        for r in fake.delivered().iter().filter(|r| r.at <= deadline) {
+            text.push_str(r.content());
+            if r.msgtype() == "file" {
+                text.push_str(&file_text(
+                    &uploads,
+                    r.body["file"]["media_id"].as_str().unwrap_or(""),
+                ));
+            }
+            text.push('\n');
+        }
+        fps.iter()
+            .filter(|fp| {
+                text.contains(&format!("instance={fp}.example:9100"))
+                    || text.contains(&format!("fp={fp} "))
+            })
+            .count()
+    };
+    wait_until(Duration::from_secs(60), "every alert readable", || {
+        readable_by(std::time::Instant::now()) == fps.len()
+    });
+    let within = readable_by(burst_end + window);
+    let sent = fake.received();
+    let early: Vec<usize> =
+        sent.iter().filter(|r| r.at <= burst_end + window).map(|r| r.content().len()).collect();
+    assert!(within * 100 >= fps.len() * 95, "{within} of 1000 readable within a window: {early:?}");
+    assert!(sent.iter().all(|r| r.answered == "Ok"), "45009: the budget was exceeded");
+    for (i, a) in sent.iter().enumerate() {
+        let n = sent[i..].iter().take_while(|b| b.at - a.at < window).count();
+        assert!(n <= 20, "{n} messages within one window");
+    }
+    // Afterwards a single new alert still goes out in full, by itself.
+    let before = fake.received().len();
+    assert_eq!(relay.post(&payload("calm", &[A("calm2", "firing", "AfterBurst")])).status, 200);
+    wait_until(Duration::from_secs(15), "the new alert in full", || {
+        fake.delivered_alerts().iter().any(|(f, _)| f == "calm2")
+    });
+    assert_eq!(fake.received().len(), before + 1, "one message for one alert");
+}
+
+/// Digests in flight across kill -9 (issue 15, durability): a relay with `--state-dir`
+/// running a storm that only a digest can tell (2 messages per 2 s, `--max-delay 1ms`),
+/// retries held back for longer than the test takes.
+fn durable_storm(fake: &FakeWeCom, state: &str) -> (Relay, Vec<String>, Vec<&'static str>) {
+    let args = vec![
+        "--rate",
+        "2/2s",
+        "--max-delay",
+        "1ms",
+        "--dedup-window",
+        "0",
+        "--retry-initial",
+        "60s",
+        "--retry-max",
+        "60s",
+    ];
+    let mut all = vec!["--key".to_string(), fake.url(), "--state-dir".into(), state.into()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let relay = Relay::start(&refs);
+    let mut fps = Vec::new();
+    for g in 0..10 {
+        let group: Vec<String> = (0..30).map(|i| format!("d{g}x{i}")).collect();
+        let alerts: Vec<A> = group.iter().map(|fp| A(fp, "firing", "DurableTest")).collect();
+        assert_eq!(relay.post(&payload(&format!("durable{g}"), &alerts)).status, 200);
+        fps.extend(group);
+    }
+    (relay, fps, args)
+}
+
+fn restart(fake: &FakeWeCom, state: &str, args: &[&str]) -> Relay {
+    let mut all = vec!["--key".to_string(), fake.url(), "--state-dir".into(), state.into()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    Relay::start(&refs)
+}
+
+/// Every alert in a delivered message or in a file whose file message was delivered.
+fn all_told(fake: &FakeWeCom, fps: &[String]) -> bool {
+    let uploads = fake.uploads();
+    let delivered = fake.delivered();
+    let mut text = String::new();
+    for r in &delivered {
+        text.push_str(r.content());
+        if r.msgtype() == "file" {
+            let id = r.body["file"]["media_id"].as_str().unwrap_or("");
+            if let Some(u) = uploads.iter().find(|u| u.media_id == id) {
+                text.push_str(&String::from_utf8_lossy(&u.data));
+            }
+        }
+    }
+    fps.iter().all(|fp| {
+        text.contains(&format!("fp={fp} ")) || text.contains(&format!("instance={fp}.example"))
+    })
+}
+
+/// The storm's arguments with a `--max-delay` under which the full layout fits: a relay
+/// deciding afresh would send the storm's alerts in messages.
+fn calm_args(args: &[&'static str]) -> Vec<&'static str> {
+    args.iter().map(|a| if *a == "1ms" { "1h" } else { a }).collect()
+}
+
+/// Alerts of `durable_storm` told both in a delivered file and in a message other than the
+/// digest: a group that saw them twice.
+fn told_twice(fake: &FakeWeCom, fps: &[String]) -> Vec<String> {
+    let uploads = fake.uploads();
+    let delivered = fake.delivered();
+    let mut file = String::new();
+    for r in delivered.iter().filter(|r| r.msgtype() == "file") {
+        let id = r.body["file"]["media_id"].as_str().unwrap_or("");
+        if let Some(u) = uploads.iter().find(|u| u.media_id == id) {
+            file.push_str(&String::from_utf8_lossy(&u.data));
+        }
+    }
+    let messages: Vec<&str> =
+        delivered.iter().map(|r| r.content()).filter(|c| !c.contains("告警汇总")).collect();
+    fps.iter()
+        .filter(|fp| file.contains(&format!("fp={fp} ")))
+        .filter(|fp| {
+            let line = format!("instance={fp}.example");
+            messages.iter().any(|m| m.contains(&line) || alerts_in(m).iter().any(|(f, _)| f == *fp))
+        })
+        .cloned()
+        .collect()
+}
+
+fn digests(fake: &FakeWeCom) -> usize {
+    fake.delivered().iter().filter(|r| r.content().contains("告警汇总")).count()
+}
+
+fn file_messages(fake: &FakeWeCom) -> usize {
+    fake.delivered().iter().filter(|r| r.msgtype() == "file").count()
+}
+
+/// Killed after the upload, before the digest message went through: after the restart the
+/// digest goes on with the same media id (no second upload) and every alert arrives, even
+/// though the restarted relay's budget would now fit the full layout (`--max-delay 1h`).
+#[test]
+fn issue_15_kill_9_after_the_upload_reuses_the_media_id() {
+    let dir = TempDir::new("inflight-upload");
+    let state = dir.path().to_str().expect("utf8").to_string();
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(2, Duration::from_secs(2));
+    fake.refuse_containing("告警汇总", -1);
+    let (mut relay, fps, args) = durable_storm(&fake, &state);
+    wait_until(Duration::from_secs(30), "the digest message refused after the upload", || {
+        fake.received().iter().any(|r| r.content().contains("告警汇总"))
+    });
+    assert_eq!(fake.uploads().len(), 1);
+    assert!(dir.path().join("digest-inflight.json").exists(), "no record of the upload");
+    relay.kill9();
+    fake.stop_refusing();
+    let relay = restart(&fake, &state, &calm_args(&args));
+    wait_until(Duration::from_secs(30), "every alert told", || {
+        file_messages(&fake) == 1 && all_told(&fake, &fps)
+    });
+    assert_eq!(fake.uploads().len(), 1, "uploaded again instead of reusing the media id");
+    assert_eq!(digests(&fake), 1);
+    assert_eq!(told_twice(&fake, &fps), Vec::<String>::new(), "told twice");
+    assert!(relay.logs().contains("media_id_reused=true"), "{}", relay.logs());
+}
+
+/// Killed after the digest message, before the file message went through: after the restart
+/// only the file message is sent (with the same media id), not a second digest or upload, and
+/// not the digested alerts in messages although the restarted relay's budget would now fit
+/// the full layout (`--max-delay 1h`): the group does not see them twice.
+#[test]
+fn issue_15_kill_9_after_the_digest_sends_only_the_file() {
+    let dir = TempDir::new("inflight-digest");
+    let state = dir.path().to_str().expect("utf8").to_string();
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(2, Duration::from_secs(2));
+    fake.fail_file_messages(Some(-1));
+    let (mut relay, fps, args) = durable_storm(&fake, &state);
+    wait_until(Duration::from_secs(30), "the file message refused after the digest", || {
+        fake.received().iter().any(|r| r.msgtype() == "file")
+    });
+    assert_eq!(digests(&fake), 1);
+    relay.kill9();
+    fake.fail_file_messages(None);
+    let relay = restart(&fake, &state, &calm_args(&args));
+    wait_until(Duration::from_secs(30), "every alert told", || {
+        file_messages(&fake) == 1 && all_told(&fake, &fps)
+    });
+    assert_eq!(fake.uploads().len(), 1, "uploaded again");
+    assert_eq!(digests(&fake), 1, "the digest was sent again");
+    assert_eq!(told_twice(&fake, &fps), Vec::<String>::new(), "told twice");
+    assert!(relay.logs().contains("media_id_reused=true"), "{}", relay.logs());
+}
+
+/// Killed right after the file message was accepted (and the relay knew it): the restart does
+/// not send the digest or the file again for the same changes (whether the spool had forgotten
+/// them or not), and a new alert afterwards goes out as usual. (Killed before the relay heard
+/// WeCom's answer, the file goes once more: the crash window.)
+#[test]
+fn issue_15_kill_9_after_the_file_sends_nothing_again() {
+    let dir = TempDir::new("inflight-file");
+    let state = dir.path().to_str().expect("utf8").to_string();
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(2, Duration::from_secs(2));
+    let (mut relay, fps, args) = durable_storm(&fake, &state);
+    wait_until(Duration::from_secs(30), "the file message", || {
+        file_messages(&fake) == 1 && relay.logs().contains("digest sent robot=default")
+    });
+    relay.kill9();
+    assert!(all_told(&fake, &fps));
+    let relay = restart(&fake, &state, &args);
+    // Replayed states would be sent before a newer group: wait for one.
+    assert_eq!(relay.post(&payload("after", &[A("after1", "firing", "AfterKill")])).status, 200);
+    wait_until(Duration::from_secs(30), "the new alert", || {
+        fake.delivered_alerts().iter().any(|(f, _)| f == "after1")
+            || fake.delivered().iter().any(|r| r.content().contains("instance=after1.example"))
+    });
+    assert_eq!(file_messages(&fake), 1, "the file was sent again");
+    assert_eq!(digests(&fake), 1, "the digest was sent again");
+    assert_eq!(fake.uploads().len(), 1);
+}
+
+/// A template with a `[compact]` section draws storm mode's compact messages itself; every
+/// alert still appears once, on its `[compact_line]`, within the budget.
+#[test]
+fn a_template_with_a_compact_section_draws_the_compact_messages() {
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(5, Duration::from_secs(1));
+    let dir = TempDir::new("storm-template");
+    let template = dir.path().join("ops.tpl");
+    std::fs::write(
+        &template,
+        "[alert]\n**{{labels.alertname}}** {{labels}}\n> {{annotations}} · {{generator_url}}\n\
+         [compact]\n### 🌀 {{alertname}} × {{count}} ({{severity}})\n> {{shared_labels}}\n\
+         [compact_line]\n- {{labels.instance}} 自 {{starts_at}}\n",
+    )
+    .expect("template");
+    let config = dir.path().join("robots.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[robots.ops]\nkey = \"{}\"\nrate = \"5/1s\"\nmax_delay = \"2s\"\ntemplate = \"{}\"\n",
+            fake.url(),
+            template.display()
+        ),
+    )
+    .expect("config");
+    let relay = Relay::start(&["--config", config.to_str().expect("utf8"), "--dedup-window", "0"]);
+    let mut fps = Vec::new();
+    for g in 0..6 {
+        let group: Vec<String> = (0..30).map(|i| format!("t{g}x{i}")).collect();
+        let alerts: Vec<A> = group.iter().map(|fp| A(fp, "firing", "TemplateTest")).collect();
+        assert_eq!(relay.post(&payload(&format!("tpl{g}"), &alerts)).status, 200);
+        fps.extend(group);
+    }
+    // Full layout (the template's [alert]) shows `fp=`; compact lines show `- <instance>`.
+    let told = |fp: &String| {
+        let line = format!("\n- {fp}.example:9100 自 ");
+        fake.delivered()
+            .iter()
+            .any(|r| r.content().contains(&line) || r.content().contains(&format!("fp={fp} ")))
+    };
+    wait_until(Duration::from_secs(30), "every alert in a message", || fps.iter().all(told));
+    let sent = fake.received();
+    assert!(sent.iter().all(|r| r.answered == "Ok"), "the budget was exceeded");
+    let compact: Vec<_> =
+        sent.iter().filter(|r| r.content().contains("### 🌀 TemplateTest × ")).collect();
+    assert!(!compact.is_empty(), "no compact message in the template's look");
+    let first = compact[0].content();
+    assert!(
+        first.contains("(critical)\n> instance") || first.contains("(critical)\n> project=it"),
+        "{first}"
+    );
+    assert!(!first.contains("告警名称"), "the built-in look: {first}");
+    assert!(sent.len() <= 12, "{} messages", sent.len());
 }

@@ -271,7 +271,13 @@ struct FakeState {
     budget: Option<(usize, Duration)>,
     /// Every upload is answered with this errcode (and counted in `upload_failures`).
     upload_errcode: Option<i64>,
+    /// How many more uploads `upload_errcode` refuses (`None`: every one).
+    upload_refusals_left: Option<usize>,
     upload_failures: usize,
+    /// When each refused upload arrived.
+    upload_refused_at: Vec<Instant>,
+    /// Every `file` message is answered with this errcode while set.
+    file_errcode: Option<i64>,
 }
 
 /// A file the fake accepted on `…/upload_media` (multipart part `media`).
@@ -331,7 +337,10 @@ impl FakeWeCom {
             uploads: Vec::new(),
             budget: None,
             upload_errcode: None,
+            upload_refusals_left: None,
             upload_failures: 0,
+            upload_refused_at: Vec::new(),
+            file_errcode: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         listener.set_nonblocking(true).expect("nonblocking");
@@ -393,7 +402,32 @@ impl FakeWeCom {
 
     /// Answers every upload with `errcode` from now on; returns nothing to undo it.
     pub fn fail_uploads(&self, errcode: i64) {
-        self.state.lock().expect("fake").upload_errcode = Some(errcode);
+        let mut st = self.state.lock().expect("fake");
+        st.upload_errcode = Some(errcode);
+        st.upload_refusals_left = None;
+    }
+
+    /// Answers only the next `count` uploads with `errcode` (a one-off refusal), then accepts.
+    pub fn fail_uploads_first(&self, errcode: i64, count: usize) {
+        let mut st = self.state.lock().expect("fake");
+        st.upload_errcode = Some(errcode);
+        st.upload_refusals_left = Some(count);
+    }
+
+    /// When each upload refused by `fail_uploads`/`fail_uploads_first` arrived.
+    pub fn upload_refused_at(&self) -> Vec<Instant> {
+        self.state.lock().expect("fake").upload_refused_at.clone()
+    }
+
+    /// Answers every `file` message with `errcode` (`None`: as usual again), so a test can
+    /// stop a digest between its digest message and its file message.
+    pub fn fail_file_messages(&self, errcode: Option<i64>) {
+        self.state.lock().expect("fake").file_errcode = errcode;
+    }
+
+    /// Undoes `refuse_containing`.
+    pub fn stop_refusing(&self) {
+        self.state.lock().expect("fake").poison = None;
     }
 
     /// Uploads answered with the `fail_uploads` errcode.
@@ -489,8 +523,11 @@ fn serve(mut stream: impl Read + Write, state: &Mutex<FakeState>) {
         let over_budget = st.budget.is_some_and(|(max, window)| {
             st.received.iter().filter(|r| r.at.elapsed() < window).count() >= max
         });
+        let file_errcode = st.file_errcode.filter(|_| msgtype == "file");
         let b = if over_budget {
             Behave::Errcode(45009)
+        } else if let Some(code) = file_errcode {
+            Behave::Errcode(code)
         } else if over_limit {
             Behave::Errcode(40058)
         } else if unknown_media {
@@ -755,8 +792,14 @@ fn upload(target: &str, content_type: &str, body: &[u8], state: &Mutex<FakeState
     }
     let mut st = state.lock().expect("fake");
     if let Some(code) = st.upload_errcode {
-        st.upload_failures += 1;
-        return errcode(code);
+        if st.upload_refusals_left != Some(0) {
+            st.upload_failures += 1;
+            st.upload_refused_at.push(Instant::now());
+            if let Some(left) = st.upload_refusals_left.as_mut() {
+                *left -= 1;
+            }
+            return errcode(code);
+        }
     }
     match st.script.pop_front().unwrap_or_else(|| st.default.clone()) {
         Behave::Ok => {}

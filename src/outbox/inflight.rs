@@ -1,0 +1,363 @@
+//! A storm-mode digest in flight, kept across a crash (with `--state-dir`): one small record
+//! file, `<robot dir>/digest-inflight.json`, next to the spool's directories.
+//!
+//! A digest round is three steps: upload the full list (no budget; the media id WeCom returns
+//! is valid for 3 days), send the digest message, send the file message; the covered alert
+//! states leave the outbox only once the file message is accepted. Without a record, a crash
+//! after the upload uploads again, and a crash after the file message (before the spool forgot
+//! the covered notifications) sends the digest and the file again for the same changes. So the
+//! sender writes the record after each step, and reads it back:
+//! - [`Stage::Uploaded`] / [`Stage::DigestSent`]: the next digest round, when every covered
+//!   state is still pending as it was, covers exactly those states, reuses the media id and
+//!   file name (no upload) and skips the digest message if it was sent. Otherwise (a covered
+//!   state changed or left, the media id is near its 3 days, WeCom refused it) the record is
+//!   dropped and the round starts afresh.
+//! - [`Stage::FileSent`]: at start, the covered states still pending (replayed from the spool)
+//!   are settled as told, not sent again. The record stays until the next digest replaces it.
+//!
+//! Crash windows (at most once more, never lost): between a step accepted by WeCom and its
+//! record on disk the step is done again (one more upload, digest or file message).
+//!
+//! A covered state is (group key, alert identity, status and `startsAt`), which a replay from
+//! the spool reproduces; versions are per process and would not.
+//!
+//! Writes are durable (temp file, fsync, rename, directory fsync) and happen on the sender
+//! thread, never on a coroutine. An unreadable record is logged and ignored: at worst a file
+//! is uploaded or sent once more. The decisions ([`resume`], [`told`]) are pure.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::alertmanager::{Alert, Status};
+use crate::outbox::queue::{identity, Cover, GroupSnap};
+
+/// WeCom keeps an uploaded file 3 days; reuse its id only well within that.
+/// <https://developer.work.weixin.qq.com/document/path/91770#文件上传接口>
+pub const MEDIA_REUSE_FOR: Duration = Duration::from_secs(3 * 24 * 3600 - 3600);
+
+const FILE_NAME: &str = "digest-inflight.json";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Uploaded,
+    DigestSent,
+    FileSent,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::Uploaded => "uploaded",
+            Stage::DigestSent => "digest_sent",
+            Stage::FileSent => "file_sent",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Stage> {
+        [Stage::Uploaded, Stage::DigestSent, Stage::FileSent]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+}
+
+/// One covered alert state: (group key, identity, status and `startsAt`).
+pub type StateKey = (String, String, String);
+
+pub fn state_key(group: &str, alert: &Alert) -> StateKey {
+    let status = match alert.status {
+        Status::Firing => "firing",
+        Status::Resolved => "resolved",
+    };
+    let starts = alert
+        .starts_at
+        .map_or_else(|| "-".to_string(), |t| format!("{}.{:09}", t.unix_seconds, t.nanos));
+    (group.to_string(), identity(alert), format!("{status}@{starts}"))
+}
+
+/// The record: what a digest round has done so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inflight {
+    pub stage: Stage,
+    pub media_id: String,
+    /// When the file was uploaded (Unix seconds).
+    pub uploaded_unix: u64,
+    pub file_name: String,
+    pub file_bytes: usize,
+    pub covered: Vec<StateKey>,
+}
+
+impl Inflight {
+    pub fn to_json(&self) -> String {
+        let covered: Vec<Value> =
+            self.covered.iter().map(|(g, id, st)| json!([g, id, st])).collect();
+        json!({
+            "version": 1,
+            "stage": self.stage.as_str(),
+            "media_id": self.media_id,
+            "uploaded_unix": self.uploaded_unix,
+            "file_name": self.file_name,
+            "file_bytes": self.file_bytes,
+            "covered": covered,
+        })
+        .to_string()
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Inflight, String> {
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        if v["version"].as_u64() != Some(1) {
+            return Err("unknown version".into());
+        }
+        let text = |name: &str| {
+            v[name].as_str().map(str::to_string).ok_or_else(|| format!("{name} missing"))
+        };
+        let stage = Stage::parse(&text("stage")?).ok_or("unknown stage")?;
+        let covered = v["covered"]
+            .as_array()
+            .ok_or("covered missing")?
+            .iter()
+            .map(|c| match (c[0].as_str(), c[1].as_str(), c[2].as_str()) {
+                (Some(g), Some(id), Some(st)) => Ok((g.into(), id.into(), st.into())),
+                _ => Err("covered entry malformed".to_string()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Inflight {
+            stage,
+            media_id: text("media_id")?,
+            uploaded_unix: v["uploaded_unix"].as_u64().ok_or("uploaded_unix missing")?,
+            file_name: text("file_name")?,
+            file_bytes: v["file_bytes"].as_u64().unwrap_or(0) as usize,
+            covered,
+        })
+    }
+
+    /// Whether the media id may still be used at `now_unix`.
+    pub fn media_fresh(&self, now_unix: u64) -> bool {
+        now_unix.saturating_sub(self.uploaded_unix) < MEDIA_REUSE_FOR.as_secs()
+            && now_unix + 300 >= self.uploaded_unix
+    }
+}
+
+/// Every state key of what is pending.
+pub fn covered(groups: &[GroupSnap]) -> Vec<StateKey> {
+    groups.iter().flat_map(|g| g.payload.alerts.iter().map(|a| state_key(&g.key, a))).collect()
+}
+
+/// The pending groups narrowed to the record's states, when a digest in flight can go on:
+/// not yet sent as a file, its media id fresh, and every covered state still pending as it
+/// was. `None`: start afresh.
+pub fn resume(record: &Inflight, pending: &[GroupSnap], now_unix: u64) -> Option<Vec<GroupSnap>> {
+    if record.stage == Stage::FileSent || !record.media_fresh(now_unix) || record.covered.is_empty()
+    {
+        return None;
+    }
+    let wanted: std::collections::HashSet<&StateKey> = record.covered.iter().collect();
+    let mut found = 0;
+    let mut out = Vec::new();
+    for g in pending {
+        let keep: Vec<usize> = (0..g.payload.alerts.len())
+            .filter(|&i| wanted.contains(&state_key(&g.key, &g.payload.alerts[i])))
+            .collect();
+        if keep.is_empty() {
+            continue;
+        }
+        found += keep.len();
+        let mut n = g.clone();
+        n.payload.alerts = keep.iter().map(|&i| g.payload.alerts[i].clone()).collect();
+        n.versions = keep.iter().map(|&i| g.versions[i].clone()).collect();
+        n.solo = keep.iter().map(|&i| g.solo.get(i).copied().unwrap_or(false)).collect();
+        n.since = keep.iter().filter_map(|&i| g.since.get(i).copied()).collect();
+        out.push(n);
+    }
+    (found == record.covered.len()).then_some(out)
+}
+
+/// What of the pending state a file already sent (before a restart) told: to settle as
+/// delivered instead of sending it again.
+pub fn told(record: &Inflight, pending: &[GroupSnap], now_unix: u64) -> Cover {
+    let mut cover = Cover::default();
+    if record.stage != Stage::FileSent || !record.media_fresh(now_unix) {
+        return cover;
+    }
+    let wanted: std::collections::HashSet<&StateKey> = record.covered.iter().collect();
+    for g in pending {
+        for (a, (id, version)) in g.payload.alerts.iter().zip(&g.versions) {
+            if wanted.contains(&state_key(&g.key, a)) {
+                cover.alerts.push((g.key.clone(), id.clone(), *version));
+            }
+        }
+    }
+    cover
+}
+
+/// The record file of one robot's directory.
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(robot_dir: &Path) -> Store {
+        Store { dir: robot_dir.to_path_buf() }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    /// The record, if there is a readable one (an unreadable one is logged and ignored).
+    pub fn load(&self, robot: &str) -> Option<Inflight> {
+        let bytes = match fs::read(self.path()) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                log::warn!("digest record unreadable, ignored robot={robot} error=\"{e}\"");
+                return None;
+            }
+        };
+        match Inflight::parse(&bytes) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log::warn!("digest record unreadable, ignored robot={robot} error=\"{e}\"");
+                None
+            }
+        }
+    }
+
+    /// Replaces the record durably: temp file, fsync, rename, directory fsync.
+    pub fn save(&self, record: &Inflight) -> io::Result<()> {
+        let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(record.to_json().as_bytes())?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.path())?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    pub fn clear(&self) -> io::Result<()> {
+        match fs::remove_file(self.path()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => File::open(&self.dir)?.sync_all(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alertmanager::{Pairs, Payload};
+    use crate::time::Timestamp;
+    use std::time::Instant;
+
+    fn alert(fp: &str, status: Status, start: i64) -> Alert {
+        Alert {
+            status,
+            labels: Pairs(vec![("alertname".into(), "A".into())]),
+            annotations: Pairs::default(),
+            starts_at: Some(Timestamp { unix_seconds: start, nanos: 0 }),
+            ends_at: None,
+            generator_url: None,
+            fingerprint: fp.into(),
+        }
+    }
+
+    fn group(key: &str, alerts: Vec<Alert>) -> GroupSnap {
+        let n = alerts.len();
+        GroupSnap {
+            key: key.into(),
+            versions: alerts.iter().map(|a| (a.fingerprint.clone(), 7)).collect(),
+            payload: Payload::for_test(key, alerts),
+            solo: vec![false; n],
+            alone: false,
+            since: vec![Instant::now(); n],
+        }
+    }
+
+    fn record(stage: Stage, covered: Vec<StateKey>) -> Inflight {
+        Inflight {
+            stage,
+            media_id: "m1".into(),
+            uploaded_unix: 1_000_000,
+            file_name: "alerts-20261202-1030.md".into(),
+            file_bytes: 42,
+            covered,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_refuses_garbage() {
+        let r =
+            record(Stage::DigestSent, vec![("g".into(), "a".into(), "firing@1.000000000".into())]);
+        assert_eq!(Inflight::parse(r.to_json().as_bytes()), Ok(r));
+        for bad in ["", "{}", r#"{"version":2}"#, r#"{"version":1,"stage":"x"}"#] {
+            assert!(Inflight::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resumes_exactly_the_covered_states_while_they_are_pending_as_they_were() {
+        let before =
+            [group("g1", vec![alert("a", Status::Firing, 1), alert("b", Status::Firing, 1)])];
+        let rec = record(Stage::Uploaded, covered(&before));
+        // A new alert arrived meanwhile: the round covers the recorded two only.
+        let now = [group(
+            "g1",
+            vec![
+                alert("a", Status::Firing, 1),
+                alert("c", Status::Firing, 2),
+                alert("b", Status::Firing, 1),
+            ],
+        )];
+        let subset = resume(&rec, &now, 1_000_100).expect("resumable");
+        let fps: Vec<&str> =
+            subset[0].payload.alerts.iter().map(|a| a.fingerprint.as_str()).collect();
+        assert_eq!(fps, ["a", "b"]);
+        assert_eq!(subset[0].versions.len(), 2);
+        // A covered state changed (b resolved): the file would be stale, start afresh.
+        let changed =
+            [group("g1", vec![alert("a", Status::Firing, 1), alert("b", Status::Resolved, 1)])];
+        assert!(resume(&rec, &changed, 1_000_100).is_none());
+        // The media id is near its 3 days.
+        assert!(resume(&rec, &now, 1_000_000 + 3 * 24 * 3600).is_none());
+        // Already sent as a file: nothing to resume.
+        assert!(resume(&record(Stage::FileSent, covered(&before)), &now, 1_000_100).is_none());
+    }
+
+    #[test]
+    fn a_file_sent_before_a_restart_settles_what_it_told() {
+        let before = [group("g1", vec![alert("a", Status::Firing, 1)])];
+        let rec = record(Stage::FileSent, covered(&before));
+        let now = [group("g1", vec![alert("a", Status::Firing, 1), alert("b", Status::Firing, 1)])];
+        let cover = told(&rec, &now, 1_000_100);
+        assert_eq!(cover.alerts, vec![("g1".to_string(), "a".to_string(), 7)]);
+        // A later episode of the same alert is news.
+        let later = [group("g1", vec![alert("a", Status::Firing, 5)])];
+        assert!(told(&rec, &later, 1_000_100).alerts.is_empty());
+        // Only a file that was sent.
+        assert!(told(&record(Stage::DigestSent, covered(&before)), &now, 1_000_100)
+            .alerts
+            .is_empty());
+    }
+
+    #[test]
+    fn store_saves_loads_and_clears() {
+        let dir = std::env::temp_dir().join(format!("wxr-inflight-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("dir");
+        let store = Store::new(&dir);
+        assert_eq!(store.load("t"), None);
+        let r = record(Stage::Uploaded, vec![]);
+        store.save(&r).expect("save");
+        assert_eq!(store.load("t"), Some(r));
+        fs::write(dir.join(FILE_NAME), b"{half").expect("write");
+        assert_eq!(store.load("t"), None, "unreadable: ignored");
+        store.clear().expect("clear");
+        store.clear().expect("clear twice");
+        assert!(!dir.join(FILE_NAME).exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
