@@ -29,6 +29,47 @@ use crate::time::{format_time, Timestamp, TzOffset};
 /// Longest per-alert line, in bytes; what differs beyond it is cut (the file has it all).
 const LINE_MAX_BYTES: usize = 240;
 
+/// Longest label value on a compact line or in a block's shared labels; longer ones are cut
+/// with "…" (the file has them whole), so one long value cannot push the next label, or the
+/// alert's host, past the line's cut.
+const LABEL_VALUE_MAX_BYTES: usize = 80;
+
+/// Longest label name shown, cut likewise.
+const LABEL_NAME_MAX_BYTES: usize = 40;
+
+/// Labels that say which alert a line is, shown first in this order (the full layout's
+/// 故障实例 and its place labels, `render::PLACE_LABELS`); the rest follow by name.
+const IDENTIFYING_LABELS: [&str; 7] =
+    ["instance", "namespace", "pod", "container", "node", "job", "service"];
+
+/// `s` escaped and cut to about `max` bytes, with "…" when cut.
+fn cut_value(s: &str, max: usize) -> String {
+    let e = escape(s);
+    if e.len() <= max {
+        return e;
+    }
+    format!("{}…", cut_utf8(&e, max.saturating_sub(3)))
+}
+
+/// `name=value` pairs, identifying labels first, each name and value cut on its own.
+fn label_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<String> {
+    let mut pairs: Vec<(&str, &str)> = pairs.collect();
+    let rank = |k: &str| {
+        IDENTIFYING_LABELS.iter().position(|n| *n == k).unwrap_or(IDENTIFYING_LABELS.len())
+    };
+    pairs.sort_by_key(|(k, _)| rank(k));
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                cut_value(k, LABEL_NAME_MAX_BYTES),
+                cut_value(v, LABEL_VALUE_MAX_BYTES)
+            )
+        })
+        .collect()
+}
+
 /// Longest shared annotation shown in a block's head.
 const SHARED_ANNOTATION_MAX_BYTES: usize = 300;
 
@@ -185,11 +226,12 @@ fn crowd_blocks(name: &str, crowd: &[Item], look: &Look, out: &mut Vec<Block>) {
     let mut head = first_line.clone();
     let _ =
         write!(head, "\n> 告警级别: <font color=\"{colour}\">{}</font>", cut_utf8(&severity, 200));
-    let common: Vec<String> = shared_labels
-        .iter()
-        .filter(|(k, _)| k != "severity")
-        .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
-        .collect();
+    let common = label_pairs(
+        shared_labels
+            .iter()
+            .filter(|(k, _)| k != "severity")
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     if !common.is_empty() {
         let what = if crowd.len() == 1 { "标签" } else { "相同标签" };
         let _ = write!(head, "\n> {what}: {}", cut_utf8(&common.join(", "), 600));
@@ -219,14 +261,14 @@ fn crowd_blocks(name: &str, crowd: &[Item], look: &Look, out: &mut Vec<Block>) {
     let mut shown = Vec::new();
     let mut lines_in_block = 0;
     for item in sorted {
-        let differs: Vec<String> = item
-            .alert
-            .labels
-            .0
-            .iter()
-            .filter(|(k, v)| k != "alertname" && !v.is_empty() && !is_shared(k))
-            .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
-            .collect();
+        let differs = label_pairs(
+            item.alert
+                .labels
+                .0
+                .iter()
+                .filter(|(k, v)| k != "alertname" && !v.is_empty() && !is_shared(k))
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         let differs = differs.join(" ");
         let templated = template
             .and_then(|t| t.compact_line(&view, item.alert, item.group, &differs, tz))
@@ -303,6 +345,38 @@ mod tests {
         Payload::for_test("{}:{}", alerts)
     }
 
+    /// A long label sorting before `instance` used to push it past the line's cut: each line
+    /// must still name its alert, and a one-alert crowd's shared-labels line likewise.
+    #[test]
+    fn every_line_names_its_alert_whatever_the_other_labels() {
+        let long = format!("/0/{}", "z".repeat(400));
+        let alerts: Vec<Alert> = (0..5)
+            .map(|i| {
+                let mut a =
+                    alert("DiskFull", &format!("host-{i}:9100"), "warning", Status::Firing, i);
+                a.labels.0.insert(1, ("aaa_path".into(), format!("{long}{i}")));
+                a.labels.0.push(("zz".into(), "tail".repeat(100)));
+                a
+            })
+            .collect();
+        let doc = compact(&[group(alerts.clone())], CST, MARKDOWN_MAX_BYTES, None);
+        let text = doc.to_markdown();
+        for i in 0..5 {
+            let line = text
+                .lines()
+                .find(|l| l.contains(&format!("instance=host-{i}:9100")))
+                .unwrap_or_else(|| panic!("host-{i} named on no line:\n{text}"));
+            assert!(line.len() <= LINE_MAX_BYTES, "{line}");
+            assert!(line.find("instance=") < line.find("aaa_path="), "identifying first: {line}");
+            assert!(line.contains("z…"), "long value cut with …: {line}");
+        }
+        // One alert alone: its labels are all "shared", in the head's line.
+        let one = compact(&[group(alerts[..1].to_vec())], CST, MARKDOWN_MAX_BYTES, None);
+        let text = one.to_markdown();
+        let head = text.lines().find(|l| l.contains("标签:")).unwrap_or("");
+        assert!(head.contains("instance=host-0:9100"), "{text}");
+    }
+
     #[test]
     fn a_crowd_is_one_block_with_what_differs_per_line() {
         let mut alerts: Vec<Alert> = (0..50)
@@ -337,7 +411,7 @@ mod tests {
             "{node}"
         );
         assert!(node.contains("\n> 告警级别: <font color=\"warning\">critical</font>"), "{node}");
-        assert!(node.contains("\n> 相同标签: cluster=prod, job=node\n"), "{node}");
+        assert!(node.contains("\n> 相同标签: job=node, cluster=prod\n"), "{node}");
         assert!(node.contains("\n> 告警主题: Node is down"), "{node}");
         assert!(node.contains("\n> 12-02 09:46:40 instance=10.0.0.0:9100\n"), "{node}");
         assert_eq!(node.matches("instance=").count(), 50, "{node}");
@@ -348,7 +422,7 @@ mod tests {
         assert_eq!(doc.sections[0].alerts[1].lines().count(), 6, "DiskFull: head of 5 + 1 line");
         let resolved = &doc.sections[1].alerts[0];
         assert!(doc.sections[1].heading.contains("恢复通知</font> 共 1 条"));
-        assert!(resolved.contains("\n> 标签: cluster=prod, instance=10.0.2.1:9100, job=node\n"));
+        assert!(resolved.contains("\n> 标签: instance=10.0.2.1:9100, job=node, cluster=prod\n"));
         assert!(resolved.ends_with("\n> 12-02 07:00:00 → 12-02 07:10:00"), "{resolved}");
         // The full layout needs many more messages than compact for the same alerts.
         let full = split(&render(&group(alerts), CST), MARKDOWN_MAX_BYTES).len();

@@ -8,7 +8,9 @@
 //! - [`full_list`]: the file, UTF-8 markdown named like `alerts-20261202-1030.md`: a heading
 //!   with the totals, then one table row per alert (告警中/已恢复, alertname, severity, every
 //!   label, start and end in `--tz`, summary, description, link), escaped for table cells and
-//!   capped below WeCom's 20 MB upload limit.
+//!   capped below WeCom's 20 MB upload limit. At the cap firing and resolved rows take turns
+//!   for the room, and [`full_list_listed`] says which alerts have a row: only those are told
+//!   by the file (the sender settles exactly them), the rest stays pending for the next round.
 //! - [`choose`]: which layout the pending state gets, from how many messages each layout needs
 //!   and how many the robot may send within `--max-delay`.
 //!
@@ -281,6 +283,26 @@ fn cell(s: &str) -> String {
 /// The full list as a markdown file of at most `max_bytes` (see the module doc). When the
 /// alerts would not fit, the last line says how many rows were left out.
 pub fn full_list(groups: &[Payload], tz: TzOffset, now: Timestamp, max_bytes: usize) -> String {
+    full_list_listed(groups, tz, now, max_bytes).text
+}
+
+/// The file and exactly which alerts its rows list.
+pub struct FullList {
+    pub text: String,
+    /// (group, alert) indices of the alerts the file lists a row for, in the file's order.
+    /// Only these are told by the file: the rest (left out at the size cap) stays pending.
+    pub listed: Vec<(usize, usize)>,
+}
+
+/// [`full_list`] with the alerts it lists. Rows are shown firing first, then by severity and
+/// start; when they do not all fit, firing and resolved rows take turns for the room (each in
+/// that order), so resolved notices are never the ones systematically left out.
+pub fn full_list_listed(
+    groups: &[Payload],
+    tz: TzOffset,
+    now: Timestamp,
+    max_bytes: usize,
+) -> FullList {
     let mut items = items(groups);
     let firing = items.iter().filter(|i| i.alert.status == Status::Firing).count();
     let mut out = format!(
@@ -315,45 +337,76 @@ pub fn full_list(groups: &[Payload], tz: TzOffset, now: Timestamp, max_bytes: us
         };
         key(a).cmp(&key(b)).then_with(|| a.label("alertname").cmp(&b.label("alertname")))
     });
-    let time = |t: Option<Timestamp>| t.map_or_else(|| "-".into(), |t| format_time(t, tz));
-    for (done, item) in items.iter().enumerate() {
-        let labels: Vec<String> = item
-            .alert
-            .labels
-            .0
-            .iter()
-            .filter(|(k, _)| k != "alertname" && k != "severity")
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let link = item
-            .alert
-            .generator_url
-            .as_deref()
-            .and_then(safe_url)
-            .map_or_else(|| "-".into(), |u| format!("[查看](<{u}>)"));
-        let ends = match item.alert.status {
-            Status::Resolved => time(item.alert.ends_at),
-            Status::Firing => "-".into(),
-        };
-        let detail = item.annotation("description").or_else(|| item.annotation("message"));
-        let row = format!(
-            "| {} | {} | {} | {} | {} | {ends} | {} | {} | {link} |\n",
-            status_word(item.alert.status),
-            cell(item.label("alertname").unwrap_or("")),
-            cell(item.label("severity").unwrap_or("")),
-            cell(&labels.join(", ")),
-            time(item.alert.starts_at),
-            cell(item.annotation("summary").unwrap_or("")),
-            cell(detail.unwrap_or("")),
-        );
-        let more = format!("\n另有 {} 条未列出（文件大小上限）。\n", items.len() - done);
-        if out.len() + row.len() + more.len() > max_bytes {
-            out.push_str(&more);
-            break;
+    let rows: Vec<String> = items.iter().map(|item| row(item, tz)).collect();
+    // Firing rows, then resolved rows (the sort above): each status a run of `rows`.
+    let split_at = firing;
+    let more = |left: usize| format!("\n另有 {left} 条未列出（文件大小上限），随后另行发送。\n");
+    let room = max_bytes.saturating_sub(out.len() + more(items.len()).len());
+    let mut taken = [0usize, 0usize];
+    let runs = [(0, split_at), (split_at, rows.len())];
+    let mut used = 0;
+    let mut open = [runs[0].0 < runs[0].1, runs[1].0 < runs[1].1];
+    let mut turn = 0;
+    while open[0] || open[1] {
+        if !open[turn] {
+            turn = 1 - turn;
         }
-        out.push_str(&row);
+        let i = runs[turn].0 + taken[turn];
+        match rows.get(i) {
+            Some(r) if i < runs[turn].1 && used + r.len() <= room => {
+                used += r.len();
+                taken[turn] += 1;
+                open[turn] = runs[turn].0 + taken[turn] < runs[turn].1;
+            }
+            _ => open[turn] = false,
+        }
+        turn = 1 - turn;
     }
-    out
+    let mut listed = Vec::new();
+    for (run, n) in runs.iter().zip(taken) {
+        for i in run.0..run.0 + n {
+            out.push_str(&rows[i]);
+            listed.push(items[i].index);
+        }
+    }
+    if listed.len() < items.len() {
+        out.push_str(&more(items.len() - listed.len()));
+    }
+    FullList { text: out, listed }
+}
+
+/// One alert's table row, with its line break.
+fn row(item: &Item, tz: TzOffset) -> String {
+    let time = |t: Option<Timestamp>| t.map_or_else(|| "-".into(), |t| format_time(t, tz));
+    let labels: Vec<String> = item
+        .alert
+        .labels
+        .0
+        .iter()
+        .filter(|(k, _)| k != "alertname" && k != "severity")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let link = item
+        .alert
+        .generator_url
+        .as_deref()
+        .and_then(safe_url)
+        .map_or_else(|| "-".into(), |u| format!("[查看](<{u}>)"));
+    let ends = match item.alert.status {
+        Status::Resolved => time(item.alert.ends_at),
+        Status::Firing => "-".into(),
+    };
+    let detail = item.annotation("description").or_else(|| item.annotation("message"));
+    format!(
+        "| {} | {} | {} | {} | {} | {ends} | {} | {} | {link} |\n",
+        status_word(item.alert.status),
+        cell(item.label("alertname").unwrap_or("")),
+        cell(item.label("severity").unwrap_or("")),
+        cell(&labels.join(", ")),
+        time(item.alert.starts_at),
+        cell(item.annotation("summary").unwrap_or("")),
+        cell(detail.unwrap_or("")),
+    )
 }
 
 /// How a robot's pending state is sent.
@@ -594,7 +647,39 @@ mod tests {
         assert!(file.len() <= 100_000, "{}", file.len());
         let rows = file.lines().filter(|l| l.contains("[查看]")).count();
         assert!(rows > 0 && rows < 1000, "{rows}");
-        assert!(file.ends_with(&format!("另有 {} 条未列出（文件大小上限）。\n", 1000 - rows)));
+        assert!(file.ends_with(&format!(
+            "另有 {} 条未列出（文件大小上限），随后另行发送。\n",
+            1000 - rows
+        )));
+    }
+
+    /// At the size cap the file's listed set is exactly its rows (the sender settles only
+    /// those), and resolved rows get their turn instead of being the ones left out.
+    #[test]
+    fn full_list_at_its_cap_lists_both_statuses_and_says_which() {
+        // 1,000 alerts, 30 % resolved; room for about a tenth of the rows.
+        let groups = storm(20, 50, 3);
+        let list = full_list_listed(&groups, CST, ts(0), 100_000);
+        let rows: Vec<&str> = list.text.lines().filter(|l| l.contains("[查看]")).collect();
+        assert_eq!(rows.len(), list.listed.len());
+        assert!(rows.len() > 10 && rows.len() < 1000, "{}", rows.len());
+        let resolved = rows.iter().filter(|r| r.starts_with("| 已恢复")).count();
+        assert!(resolved * 3 >= rows.len(), "{resolved} of {} rows resolved", rows.len());
+        // Each listed index names the alert of its row, in the file's order.
+        for (r, &(g, a)) in rows.iter().zip(&list.listed) {
+            let alert = &groups[g].alerts[a];
+            let instance = alert.labels.get("instance").unwrap_or("?");
+            assert!(r.contains(&format!("instance={instance},")), "{r} vs {instance}");
+            assert_eq!(r.starts_with("| 已恢复"), alert.status == Status::Resolved);
+        }
+        let mut unique = list.listed.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), list.listed.len());
+        // Everything fits: every alert listed, no "另有" line.
+        let all = full_list_listed(&groups, CST, ts(0), 20_000_000);
+        assert_eq!(all.listed.len(), 1000);
+        assert!(!all.text.contains("未列出"));
     }
 
     /// Random storms (a fixed-seed generator: odd Unicode, long values, many names, random

@@ -155,24 +155,43 @@ pub fn resume(record: &Inflight, pending: &[GroupSnap], now_unix: u64) -> Option
         return None;
     }
     let wanted: std::collections::HashSet<&StateKey> = record.covered.iter().collect();
-    let mut found = 0;
+    let mut keep = Vec::new();
+    for (gi, g) in pending.iter().enumerate() {
+        for (ai, a) in g.payload.alerts.iter().enumerate() {
+            if wanted.contains(&state_key(&g.key, a)) {
+                keep.push((gi, ai));
+            }
+        }
+    }
+    (keep.len() == record.covered.len()).then(|| narrow(pending, &keep))
+}
+
+/// The pending groups narrowed to the (group, alert) indices `keep` (in the groups' order):
+/// what a digest's file lists, or what a record covered. Groups left with no alert are dropped.
+pub fn narrow(pending: &[GroupSnap], keep: &[(usize, usize)]) -> Vec<GroupSnap> {
+    let mut wanted: Vec<(usize, usize)> = keep.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
     let mut out = Vec::new();
-    for g in pending {
-        let keep: Vec<usize> = (0..g.payload.alerts.len())
-            .filter(|&i| wanted.contains(&state_key(&g.key, &g.payload.alerts[i])))
+    for (gi, g) in pending.iter().enumerate() {
+        let lo = wanted.partition_point(|&(x, _)| x < gi);
+        let hi = wanted.partition_point(|&(x, _)| x <= gi);
+        let keep: Vec<usize> = wanted[lo..hi]
+            .iter()
+            .map(|&(_, ai)| ai)
+            .filter(|&ai| ai < g.payload.alerts.len())
             .collect();
         if keep.is_empty() {
             continue;
         }
-        found += keep.len();
         let mut n = g.clone();
         n.payload.alerts = keep.iter().map(|&i| g.payload.alerts[i].clone()).collect();
-        n.versions = keep.iter().map(|&i| g.versions[i].clone()).collect();
+        n.versions = keep.iter().filter_map(|&i| g.versions.get(i).cloned()).collect();
         n.solo = keep.iter().map(|&i| g.solo.get(i).copied().unwrap_or(false)).collect();
         n.since = keep.iter().filter_map(|&i| g.since.get(i).copied()).collect();
         out.push(n);
     }
-    (found == record.covered.len()).then_some(out)
+    out
 }
 
 /// What of the pending state a file already sent (before a restart) told: to settle as
@@ -325,6 +344,23 @@ mod tests {
         assert!(resume(&rec, &now, 1_000_000 + 3 * 24 * 3600).is_none());
         // Already sent as a file: nothing to resume.
         assert!(resume(&record(Stage::FileSent, covered(&before)), &now, 1_000_100).is_none());
+    }
+
+    #[test]
+    fn narrow_keeps_exactly_the_listed_alerts() {
+        let pending = [
+            group("g1", vec![alert("a", Status::Firing, 1), alert("b", Status::Resolved, 1)]),
+            group("g2", vec![alert("c", Status::Firing, 1)]),
+            group("g3", vec![alert("d", Status::Firing, 1), alert("e", Status::Firing, 1)]),
+        ];
+        let got = narrow(&pending, &[(2, 1), (0, 1), (9, 0), (0, 7)]);
+        let fps: Vec<Vec<&str>> = got
+            .iter()
+            .map(|g| g.payload.alerts.iter().map(|a| a.fingerprint.as_str()).collect())
+            .collect();
+        assert_eq!(fps, [vec!["b"], vec!["e"]]);
+        assert_eq!(got[0].versions, [("b".to_string(), 7)]);
+        assert_eq!(covered(&got).len(), 2);
     }
 
     #[test]

@@ -810,7 +810,8 @@ fn send_digest(
         let groups = inflight::resume(&r, pending, unix)?;
         Some((r, groups))
     });
-    let (mut state, groups) = match resumed {
+    // The digest message counts all it was made from; only what the file lists is settled.
+    let (mut state, groups, payloads) = match resumed {
         Some((r, groups)) => {
             log::info!(
                 "digest in flight goes on robot={name} stage={:?} file={} alerts={} media_id_reused=true",
@@ -818,13 +819,20 @@ fn send_digest(
                 r.file_name,
                 r.covered.len()
             );
-            (r, groups)
+            let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
+            (r, groups, payloads)
         }
         None => {
             let payloads: Vec<Payload> = pending.iter().map(|g| g.payload.clone()).collect();
             let now = Timestamp { unix_seconds: unix as i64, nanos: 0 };
             let file_name = digest::file_name(now, tz);
-            let file = digest::full_list(&payloads, tz, now, wecom::MEDIA_MAX_BYTES);
+            let list = digest::full_list_listed(&payloads, tz, now, wecom::MEDIA_MAX_BYTES);
+            // What the file leaves out at its size cap stays pending for the next round.
+            let listed = inflight::narrow(pending, &list.listed);
+            if listed.is_empty() {
+                return DigestEnd::UploadFailed(SendError::MediaSize(list.text.len()));
+            }
+            let file = list.text;
             let media_id = match target {
                 Target::WeCom { client, url } => {
                     match client.upload_media(url, &file_name, file.as_bytes()).0 {
@@ -843,13 +851,12 @@ fn send_digest(
                 uploaded_unix: unix,
                 file_name,
                 file_bytes: file.len(),
-                covered: inflight::covered(pending),
+                covered: inflight::covered(&listed),
             };
             record(&state);
-            (state, pending.to_vec())
+            (state, listed, payloads)
         }
     };
-    let payloads: Vec<Payload> = groups.iter().map(|g| g.payload.clone()).collect();
     let limit = msgtype.limit();
     let text = render::adapt(digest::digest(&payloads, tz, &state.file_name, limit), msgtype)
         .to_markdown();

@@ -16,5 +16,6 @@ mod routing;
 mod smoke;
 mod spool;
 mod storm;
+mod storm_fix;
 mod tls;
 mod util;
