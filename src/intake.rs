@@ -58,9 +58,9 @@ struct Scan {
 /// recurses, and we run on a coroutine's fixed stack) and the alert count (4 MiB of `{}` is
 /// 1.4 M alerts, refused without building them). Stops early once the alerts are too many.
 ///
-/// Most of an Alertmanager body is string contents: those are skipped with `memchr2` to the next
-/// quote or backslash rather than byte by byte (on a 50-alert body, the byte-wise loops of
-/// the two former scans took a third of the intake profile).
+/// Most of an Alertmanager body is string contents: those are skipped a word at a time to the
+/// next quote or backslash (on a 50-alert body, the byte-wise loops of the two former scans
+/// took a third of the intake profile).
 fn scan(body: &[u8], max_depth: usize, max_alerts: usize) -> Scan {
     let mut found = Scan { too_deep: false, too_many_alerts: false };
     let mut depth = 0usize;
@@ -91,7 +91,7 @@ fn scan(body: &[u8], max_depth: usize, max_alerts: usize) -> Scan {
                 let start = i + 1;
                 let mut j = start;
                 loop {
-                    match memchr::memchr2(b'"', b'\\', &body[j.min(body.len())..]) {
+                    match string_stop(&body[j.min(body.len())..]) {
                         Some(k) if body[j + k] == b'\\' => j += k + 2,
                         Some(k) => {
                             j += k;
@@ -126,6 +126,28 @@ fn scan(body: &[u8], max_depth: usize, max_alerts: usize) -> Scan {
         i += 1;
     }
     found
+}
+
+/// Where the next quote or backslash is, eight bytes at a time (the SWAR zero-byte test:
+/// `(x - 0x01…) & !x & 0x80…` flags a zero byte exactly at the lowest one it flags, and
+/// `x = word ^ 0x22…` is zero where the word holds `"`). Byte by byte this loop was most of
+/// the pre-scan's cost on a 50-alert body.
+#[inline]
+fn string_stop(rest: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut at = 0;
+    for chunk in rest.chunks_exact(8) {
+        let Some(bytes) = chunk.first_chunk::<8>() else { break };
+        let w = u64::from_le_bytes(*bytes);
+        let (q, b) = (w ^ (LO * u64::from(b'"')), w ^ (LO * u64::from(b'\\')));
+        let hits = ((q.wrapping_sub(LO) & !q) | (b.wrapping_sub(LO) & !b)) & HI;
+        if hits != 0 {
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    rest[at..].iter().position(|&c| c == b'"' || c == b'\\').map(|k| at + k)
 }
 
 /// True when the top-level `alerts` array holds more than `max` elements (see [`scan`]).
