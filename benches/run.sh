@@ -20,9 +20,13 @@ fi
 n="nice -n 5"
 $n packaging/build-static.sh
 $n cargo build --release --locked
-# The bench-only bare server: cargo prints where it put the executable.
-bare=$($n cargo bench --locked --no-run --bench bare --message-format=json 2>/dev/null |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+# The bench-only bare server: cargo prints where it put each executable (the relay's binary
+# too, in no fixed order: pick the artifact named "bare").
+bench_exe() {
+  $n cargo bench --locked --no-run --bench "$1" --message-format=json 2>/dev/null |
+    grep "\"name\":\"$1\"" | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1
+}
+bare=$(bench_exe bare)
 version=$(cargo metadata --no-deps --format-version 1 | sed -n 's/.*"name":"weixin-robot","version":"\([^"]*\)".*/\1/p')
 musl="dist/weixin-robot-$version-x86_64-unknown-linux-musl"
 echo
@@ -59,8 +63,7 @@ if [ "${BENCH_ALLOCATORS:-0}" = 1 ]; then
 fi
 
 if command -v valgrind >/dev/null; then
-  parse=$($n cargo bench --locked --no-run --bench parse --message-format=json 2>/dev/null |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+  parse=$(bench_exe parse)
   for i in 100 200; do
     echo "parse x$i under callgrind: $(PARSE_ITERATIONS=$i valgrind --tool=callgrind \
       --callgrind-out-file=/dev/null "$parse" 2>&1 | sed -n 's/.*I *refs: *//p') instructions"

@@ -103,7 +103,19 @@ fn shape(field: impl Into<String>, expected: &'static str) -> ParseError {
 pub fn parse(body: &[u8]) -> Result<Payload, ParseError> {
     // serde_json's message names line and column only, never the content.
     let not_json = |e: serde_json::Error| ParseError::NotJson(e.to_string());
-    let mut de = serde_json::Deserializer::from_slice(body);
+    // One UTF-8 check of the whole body (word at a time over ASCII) instead of one per string
+    // value: the body is read as `&str`. A body that is not UTF-8 is not JSON; `Skip` reads it
+    // from the bytes with the same checks in the same order (it keeps nothing, and the
+    // visitors below never fail on their own), so the message names the same first fault.
+    let Ok(text) = std::str::from_utf8(body) else {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let e = Skip::deserialize(&mut de).and_then(|_| de.end());
+        return Err(ParseError::NotJson(e.err().map_or_else(
+            || "invalid UTF-8".to_string(), // unreachable: such bytes always fail above
+            |e| e.to_string(),
+        )));
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
     let top = de.deserialize_any(TopVisitor).map_err(not_json)?;
     de.end().map_err(not_json)?;
     top.map_err(|()| shape("body", "a JSON object"))?.finish()

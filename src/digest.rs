@@ -436,19 +436,42 @@ pub fn capacity(rate: Rate, sent_ago: &[Duration], within: Duration) -> u64 {
     let mut log: Vec<i128> =
         sent_ago.iter().map(|d| -(d.as_nanos() as i128)).filter(|t| *t > -span).collect();
     log.sort_unstable();
-    let mut log: std::collections::VecDeque<i128> = log.into();
+    // Runs of sends at the same time, `(time, count)`: the sends that fit at one instant are
+    // counted at once, not pushed one by one (with a lifted budget such as 1000000/1s that was
+    // a 16 MB deque built on every storm check of the sender).
+    let mut runs: std::collections::VecDeque<(i128, u64)> = std::collections::VecDeque::new();
+    for t in log {
+        match runs.back_mut() {
+            Some((last, n)) if *last == t => *n += 1,
+            _ => runs.push_back((t, 1)),
+        }
+    }
+    let mut len: u64 = runs.iter().map(|r| r.1).sum();
+    let max = max as u64;
     let (mut t, mut sent) = (0i128, 0u64);
     while sent < CAPACITY_MAX {
-        while log.front().is_some_and(|&first| t - first >= span) {
-            log.pop_front();
+        while runs.front().is_some_and(|&(first, _)| t - first >= span) {
+            len -= runs.pop_front().map_or(0, |r| r.1);
         }
-        if log.len() < max {
-            log.push_back(t);
-            sent += 1;
+        if len < max {
+            let n = (max - len).min(CAPACITY_MAX - sent);
+            match runs.back_mut() {
+                Some((last, count)) if *last == t => *count += n,
+                _ => runs.push_back((t, n)),
+            }
+            len += n;
+            sent += n;
             continue;
         }
         // Full: the next send waits for the oldest blocking one to leave the window.
-        t = log[log.len() - max] + span;
+        let mut index = len - max;
+        for &(time, count) in &runs {
+            if index < count {
+                t = time + span;
+                break;
+            }
+            index -= count;
+        }
         if t > within {
             break;
         }
