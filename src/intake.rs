@@ -12,6 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use crate::alertmanager::{self, Payload, Status};
+use crate::log_throttle::Throttle;
 use crate::metrics;
 use crate::outbox::queue::identity;
 use crate::outbox::split::split;
@@ -295,11 +296,19 @@ fn accept_here(
     metrics::notification_received(status == Status::Resolved, firing as u64, resolved as u64);
     if result == Enqueued::Duplicate {
         metrics::dedup_hit(&robot.name);
-        log::info!(
-            "duplicate notification dropped robot={} receiver={receiver:?} status={} alerts={alerts}",
-            robot.name,
-            status.as_str(),
-        );
+        // Every duplicate at normal rates; at most one line a second in a flood.
+        static DUPLICATES: Throttle = Throttle::new(1000);
+        if let Some(held) = DUPLICATES.admit() {
+            let more = match held {
+                0 => String::new(),
+                n => format!(" (and {n} more duplicates since the last line)"),
+            };
+            log::info!(
+                "duplicate notification dropped robot={} receiver={receiver:?} status={} alerts={alerts}{more}",
+                robot.name,
+                status.as_str(),
+            );
+        }
     }
     Ok(result)
 }

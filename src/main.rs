@@ -15,6 +15,7 @@ mod fleet;
 mod guard;
 mod intake;
 mod key_param;
+mod log_throttle;
 mod logger;
 mod metrics;
 mod outbox;

@@ -589,3 +589,34 @@ fn promtool_checks_rules_and_dashboard_queries() {
     let (ok, out) = promtool(&["check", "rules", file.to_str().expect("utf8")], None);
     assert!(ok, "a dashboard query is not valid PromQL:\n{out}");
 }
+
+/// Duplicates (an Alertmanager HA pair doubles everything) are each logged at normal rates,
+/// but a flood of them logs at most one line a second, the next line saying how many it held
+/// back: the log must not be what limits the duplicate path.
+#[test]
+fn a_flood_of_duplicates_logs_a_line_a_second() {
+    let fake = FakeWeCom::start();
+    let relay = Relay::start(&["--key", &fake.url()]);
+    let body = payload("dupflood", &[A("dupflood1", "firing", "DupFlood")]);
+    assert_eq!(relay.post(&body).status, 200);
+    let started = std::time::Instant::now();
+    let mut posted = 0;
+    wait_until(Duration::from_secs(10), "a line counting the held duplicates", || {
+        for _ in 0..50 {
+            assert_eq!(relay.post(&body).status, 200);
+            posted += 1;
+        }
+        relay.logs().contains("more duplicates since the last line")
+    });
+    let logs = relay.logs();
+    let lines = logs.lines().filter(|l| l.contains("duplicate notification dropped")).count();
+    let seconds = started.elapsed().as_secs() as usize;
+    assert!(
+        lines >= 2 && lines <= seconds + 2,
+        "{lines} lines for {posted} duplicates in {seconds} s"
+    );
+    assert!(posted > 4 * lines, "{posted} duplicates, {lines} lines");
+    assert!(relay
+        .metrics()
+        .contains(&format!("weixin_robot_dedup_hits_total{{robot=\"default\"}} {posted}")));
+}
