@@ -88,8 +88,19 @@ pub fn request_rejected(reason: &'static str) {
     add(format!("weixin_robot_requests_rejected_total{{reason=\"{reason}\"}}"), 1);
 }
 
+/// Duplicates per robot, apart from [`COUNTERS`]: counted on the intake path for every
+/// duplicate (an HA pair sends everything twice), so no series string is built per call; the
+/// name is copied once per robot.
+static DEDUP_HITS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
 pub fn dedup_hit(robot: &str) {
-    add(format!("weixin_robot_dedup_hits_total{{robot=\"{}\"}}", label(robot)), 1);
+    let mut map = DEDUP_HITS.lock().unwrap_or_else(|p| p.into_inner());
+    match map.get_mut(robot) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(robot.to_string(), 1);
+        }
+    }
 }
 
 pub fn superseded(robot: &str, n: usize) {
@@ -301,7 +312,10 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
         DEDUP_ENTRIES.load(Ordering::Relaxed)
     );
 
-    let map = COUNTERS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut map = COUNTERS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for (robot, n) in DEDUP_HITS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        map.insert(format!("weixin_robot_dedup_hits_total{{robot=\"{}\"}}", label(robot)), *n);
+    }
     for (name, help) in [
         ("weixin_robot_requests_rejected_total", "Requests answered 4xx/5xx by intake, by reason."),
         ("weixin_robot_messages_sent_total", "Messages WeCom accepted (errcode 0)."),
