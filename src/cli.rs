@@ -224,7 +224,7 @@ pub const FLAGS: &[Flag] = &[
         Some("WEIXIN_ROBOT_DEDUP_MAX_ENTRIES"),
         Some("N"),
         Some("100000"),
-        "notifications each robot remembers for --dedup-window; past it the oldest go",
+        "notifications, and alert states told, each robot remembers for --dedup-window; past it the oldest go",
     ),
     flag(
         "--max-key-robots",

@@ -438,6 +438,7 @@ fn open_outbox(config: &Config, robot: &str) -> Result<Outbox, String> {
         max_messages: config.queue_max_messages,
         max_bytes: config.queue_max_bytes,
         dedup_window: config.dedup_window,
+        max_told: config.dedup_max_entries.max(1),
     };
     let Some(base) = &config.state_dir else {
         return Ok(Outbox::new(limits, None));

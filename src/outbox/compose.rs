@@ -319,6 +319,7 @@ mod tests {
             max_bytes: 1 << 30,
             dedup_window: Duration::from_secs(60),
             message_bytes: 4096,
+            max_told: 100_000,
         });
         let now = Instant::now();
         for (i, (g, alerts)) in groups.iter().enumerate() {

@@ -79,6 +79,8 @@ pub struct Limits {
     pub max_messages: usize,
     pub max_bytes: u64,
     pub dedup_window: Duration,
+    /// `--dedup-max-entries`: alert states remembered as told.
+    pub max_told: usize,
 }
 
 struct State {
@@ -128,6 +130,7 @@ impl Outbox {
             max_bytes: limits.max_bytes,
             dedup_window: limits.dedup_window,
             message_bytes: crate::wecom::MARKDOWN_MAX_BYTES,
+            max_told: limits.max_told,
         });
         let mut state = State {
             queue,
@@ -417,7 +420,12 @@ mod tests {
     #[test]
     fn many_enqueuers_against_a_sender() {
         let outbox = Arc::new(Outbox::new(
-            Limits { max_messages: 50, max_bytes: 1 << 30, dedup_window: Duration::from_secs(60) },
+            Limits {
+                max_messages: 50,
+                max_bytes: 1 << 30,
+                dedup_window: Duration::from_secs(60),
+                max_told: 100_000,
+            },
             None,
         ));
         let sent = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -483,7 +491,12 @@ mod tests {
     #[test]
     fn closed_intake_refuses_and_dedup_forgets() {
         let o = Outbox::new(
-            Limits { max_messages: 10, max_bytes: 1 << 20, dedup_window: Duration::from_secs(60) },
+            Limits {
+                max_messages: 10,
+                max_bytes: 1 << 20,
+                dedup_window: Duration::from_secs(60),
+                max_told: 100_000,
+            },
             None,
         );
         assert!(!o.seen(7));

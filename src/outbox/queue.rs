@@ -36,10 +36,6 @@ use crate::time::Timestamp;
 
 pub type RecordId = u64;
 
-/// At most this many "told" entries are remembered; the oldest go first. One entry is a few
-/// dozen bytes, so this bounds the memory at a few MB whatever the alert rate.
-pub const MAX_TOLD: usize = 100_000;
-
 /// After the first group, a snapshot takes groups only up to this many alerts in all: one
 /// message holds a few dozen at most, so more would only be copied to be thrown away.
 const SNAPSHOT_MAX_ALERTS: usize = 256;
@@ -54,6 +50,9 @@ pub struct QueueLimits {
     pub dedup_window: Duration,
     /// Bytes per message, for the message estimate (WeCom's markdown limit).
     pub message_bytes: usize,
+    /// At most this many "told" entries are remembered (`--dedup-max-entries`); the oldest go
+    /// first. One entry is a few dozen bytes, so this bounds the memory whatever the alert rate.
+    pub max_told: usize,
 }
 
 /// An alert's identity: its fingerprint, or a hash of its labels when the sender gave none.
@@ -644,7 +643,7 @@ impl Queue {
         // Drop what expired, and the oldest past the cap.
         while let Some(&(at, k)) = self.told_order.front() {
             let expired = now.saturating_duration_since(at) >= self.limits.dedup_window;
-            if !expired && self.told_order.len() <= MAX_TOLD {
+            if !expired && self.told_order.len() <= self.limits.max_told {
                 break;
             }
             self.told_order.pop_front();
@@ -754,6 +753,7 @@ mod tests {
             max_bytes: 1 << 20,
             dedup_window: Duration::from_secs(300),
             message_bytes: 4096,
+            max_told: 100_000,
         }
     }
 
@@ -871,6 +871,24 @@ mod tests {
         // The HA peer's copy of the resolved.
         assert_eq!(q.admit(&resolved(), now + Duration::from_secs(10)), Ok(Admit::Nothing));
         assert!(matches!(q.admit(&resolved(), now + Duration::from_secs(301)), Ok(Admit::Room(_))));
+    }
+
+    /// `--dedup-max-entries` bounds the told memory: past it the oldest are forgotten early
+    /// (their copy is news again), the newest still deduplicated.
+    #[test]
+    fn the_told_memory_keeps_at_most_max_told_entries() {
+        let now = Instant::now();
+        let mut q = Queue::new(QueueLimits { max_told: 2, ..limits(100) });
+        let resolved = |fp: &str| payload(fp, vec![alert(fp, Status::Resolved, 10, Some(20))]);
+        for (i, fp) in ["x", "y", "z"].into_iter().enumerate() {
+            let _ = offer(&mut q, i as RecordId + 1, resolved(fp), now);
+            let c = cover_all(&q);
+            q.settle(&c, Outcome::Delivered, now);
+        }
+        let later = now + Duration::from_secs(10);
+        assert!(matches!(q.admit(&resolved("x"), later), Ok(Admit::Room(_))), "x forgotten");
+        assert_eq!(q.admit(&resolved("y"), later), Ok(Admit::Nothing));
+        assert_eq!(q.admit(&resolved("z"), later), Ok(Admit::Nothing));
     }
 
     #[test]
