@@ -72,15 +72,19 @@ impl Log for Filtered {
 pub fn init(format: LogFormat) {
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    builder.format_target(false);
-    if format != LogFormat::Text {
-        builder.format(move |buf, record| {
-            use std::io::Write;
-            let ts = now_rfc3339();
-            let level = record.level().as_str().to_ascii_lowercase();
-            writeln!(buf, "{}", structured(format, &ts, &level, &record.args().to_string()))
-        });
-    }
+    // Every layout is written here, the text one as env_logger's own
+    // (`[2026-12-02T08:23:18Z INFO ] message`): env_logger's timestamps would pull in a
+    // date-time library (jiff, about 100 kB of the static binary) for what `time` does.
+    builder.format(move |buf, record| {
+        use std::io::Write;
+        if format == LogFormat::Text {
+            let ts = now_rfc3339_seconds();
+            return writeln!(buf, "[{ts} {:<5}] {}", record.level(), record.args());
+        }
+        let ts = now_rfc3339();
+        let level = record.level().as_str().to_ascii_lowercase();
+        writeln!(buf, "{}", structured(format, &ts, &level, &record.args().to_string()))
+    });
     let inner = builder.build();
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(Filtered { inner })).is_ok() {
@@ -106,6 +110,13 @@ impl LogFormat {
             _ => Err("expected text, logfmt or json".into()),
         }
     }
+}
+
+/// `2026-12-02T08:23:18Z`: the text layout's timestamp, to the second.
+fn now_rfc3339_seconds() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let ms = format_rfc3339_utc(Timestamp { unix_seconds: now.as_secs() as i64, nanos: 0 });
+    ms.replace(".000Z", "Z")
 }
 
 fn now_rfc3339() -> String {
