@@ -1,5 +1,7 @@
 //! A storm-mode digest in flight, kept across a crash (with `--state-dir`): one small record
-//! file, `<robot dir>/digest-inflight.json`, next to the spool's directories.
+//! file, `<robot dir>/digest-inflight.json`, next to the spool's directories. Without
+//! `--state-dir` the same record is kept in memory, so a digest retried after a failed send
+//! still reuses its upload and does not send its digest message again.
 //!
 //! A digest round is three steps: upload the full list (no budget; the media id WeCom returns
 //! is valid for 3 days), send the digest message, send the file message; the covered alert
@@ -25,6 +27,7 @@
 //! thread, never on a coroutine. An unreadable record is logged and ignored: at worst a file
 //! is uploaded or sent once more. The decisions ([`resume`], [`told`]) are pure.
 
+use std::cell::RefCell;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -212,23 +215,30 @@ pub fn told(record: &Inflight, pending: &[GroupSnap], now_unix: u64) -> Cover {
     cover
 }
 
-/// The record file of one robot's directory.
+/// Where one robot's record is kept: the record file of its directory (with `--state-dir`),
+/// or memory (without), so a digest retried after a failed send reuses its media id and does
+/// not send its digest message again either way; only a crash forgets the memory.
 pub struct Store {
-    dir: PathBuf,
+    dir: Option<PathBuf>,
+    memory: RefCell<Option<Inflight>>,
 }
 
 impl Store {
     pub fn new(robot_dir: &Path) -> Store {
-        Store { dir: robot_dir.to_path_buf() }
+        Store { dir: Some(robot_dir.to_path_buf()), memory: RefCell::new(None) }
     }
 
-    fn path(&self) -> PathBuf {
-        self.dir.join(FILE_NAME)
+    /// A record kept in memory only (no `--state-dir`).
+    pub fn in_memory() -> Store {
+        Store { dir: None, memory: RefCell::new(None) }
     }
 
     /// The record, if there is a readable one (an unreadable one is logged and ignored).
     pub fn load(&self, robot: &str) -> Option<Inflight> {
-        let bytes = match fs::read(self.path()) {
+        let Some(dir) = &self.dir else {
+            return self.memory.borrow().clone();
+        };
+        let bytes = match fs::read(dir.join(FILE_NAME)) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
@@ -245,22 +255,30 @@ impl Store {
         }
     }
 
-    /// Replaces the record durably: temp file, fsync, rename, directory fsync.
+    /// Replaces the record; on disk durably: temp file, fsync, rename, directory fsync.
     pub fn save(&self, record: &Inflight) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
+        let Some(dir) = &self.dir else {
+            *self.memory.borrow_mut() = Some(record.clone());
+            return Ok(());
+        };
+        let tmp = dir.join(format!("{FILE_NAME}.tmp"));
         {
             let mut f = File::create(&tmp)?;
             f.write_all(record.to_json().as_bytes())?;
             f.sync_all()?;
         }
-        fs::rename(&tmp, self.path())?;
-        File::open(&self.dir)?.sync_all()
+        fs::rename(&tmp, dir.join(FILE_NAME))?;
+        File::open(dir)?.sync_all()
     }
 
     pub fn clear(&self) -> io::Result<()> {
-        match fs::remove_file(self.path()) {
+        let Some(dir) = &self.dir else {
+            *self.memory.borrow_mut() = None;
+            return Ok(());
+        };
+        match fs::remove_file(dir.join(FILE_NAME)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => File::open(&self.dir)?.sync_all(),
+            _ => File::open(dir)?.sync_all(),
         }
     }
 }
@@ -388,12 +406,18 @@ mod tests {
         assert_eq!(store.load("t"), None);
         let r = record(Stage::Uploaded, vec![]);
         store.save(&r).expect("save");
-        assert_eq!(store.load("t"), Some(r));
+        assert_eq!(store.load("t"), Some(r.clone()));
         fs::write(dir.join(FILE_NAME), b"{half").expect("write");
         assert_eq!(store.load("t"), None, "unreadable: ignored");
         store.clear().expect("clear");
         store.clear().expect("clear twice");
         assert!(!dir.join(FILE_NAME).exists());
         let _ = fs::remove_dir_all(&dir);
+        let memory = Store::in_memory();
+        assert_eq!(memory.load("t"), None);
+        memory.save(&r).expect("save");
+        assert_eq!(memory.load("t"), Some(r));
+        memory.clear().expect("clear");
+        assert_eq!(memory.load("t"), None);
     }
 }

@@ -14,10 +14,10 @@
 //! ([`crate::compact`]) if that fits, else as one digest message and the full list as a file
 //! ([`crate::digest`]), settled only once the file message is accepted; a failed upload falls
 //! back to compact messages, only as many as the window allows now (`fallback_goes_on`), and
-//! the next round decides again: with the file path once its back-off has passed. With
-//! `--state-dir` each step of a digest is recorded ([`super::inflight`]), so after a crash or a
-//! failed send it goes on, before anything is decided afresh, with the same uploaded file, and
-//! a file already sent is not sent again.
+//! the next round decides again: with the file path once its back-off has passed. Each step
+//! of a digest is recorded ([`super::inflight`]; on disk with `--state-dir`, else in memory),
+//! so after a failed send (and, with `--state-dir`, a crash) it goes on, before anything is
+//! decided afresh, with the same uploaded file, and a file already sent is not sent again.
 //!
 //! Pacing: a round (a snapshot composed into messages) starts by [`Limiter::next_round`], which
 //! holds it while a burst is still arriving instead of spending the window on near-empty
@@ -169,12 +169,17 @@ fn run(robot: &Source, settings: &Settings) {
     let mut hold_until = Instant::now();
     let mut failing: Option<String> = None;
     let name = settings.robot.as_str();
-    let journal = settings.state_dir.as_deref().map(inflight::Store::new);
+    // Without `--state-dir` the record lives in memory: a retried digest still reuses its
+    // media id and does not send its digest message again.
+    let journal = match settings.state_dir.as_deref() {
+        Some(dir) => inflight::Store::new(dir),
+        None => inflight::Store::in_memory(),
+    };
     // A digest in flight (uploaded, maybe its digest message sent) goes on before anything
     // else is decided, so the group is not told its states twice; see `resume_first`.
     let mut digest_in_flight = false;
     // A file sent just before a crash: what it told, replayed from the spool, is not sent again.
-    if let Some(record) = journal.as_ref().and_then(|j| j.load(name)) {
+    if let Some(record) = journal.load(name) {
         digest_in_flight = record.stage < Stage::FileSent;
         let cover = inflight::told(&record, &outbox.snapshot_all(), unix_now());
         if !cover.alerts.is_empty() {
@@ -232,7 +237,7 @@ fn run(robot: &Source, settings: &Settings) {
             // its media id): deciding afresh could tell a group compact or full messages
             // after it has seen the digest of the same states.
             let resume = digest_in_flight
-                && journal.as_ref().and_then(|j| j.load(name)).is_some_and(|r| {
+                && journal.load(name).is_some_and(|r| {
                     inflight::resume(&r, &outbox.snapshot_all(), unix_now()).is_some()
                 });
             digest_in_flight = resume;
@@ -271,7 +276,7 @@ fn run(robot: &Source, settings: &Settings) {
                     name,
                     &mut send,
                     &wait_budget,
-                    journal.as_ref(),
+                    &journal,
                 ) {
                     DigestEnd::Delivered(groups, cover) => {
                         digest_in_flight = false;
@@ -319,18 +324,14 @@ fn run(robot: &Source, settings: &Settings) {
                         };
                         hold_until = finished + wait;
                         // Its record (uploaded, perhaps the digest sent) goes on next round.
-                        digest_in_flight = journal.is_some();
+                        digest_in_flight = true;
                         if e.class() == Class::Permanent {
                             digest_in_flight = false;
                             file_path_closed_until = finished + file_backoff.next();
                             // WeCom refused the digest or the file (an expired media id
                             // answers 40007): the next digest starts afresh.
-                            if let Some(j) = &journal {
-                                if let Err(e) = j.clear() {
-                                    log::warn!(
-                                        "digest record not removed robot={name} error=\"{e}\""
-                                    );
-                                }
+                            if let Err(e) = journal.clear() {
+                                log::warn!("digest record not removed robot={name} error=\"{e}\"");
                             }
                         }
                         log::warn!(
@@ -795,18 +796,16 @@ fn send_digest(
     name: &str,
     send: &mut SendOne,
     wait_budget: &dyn Fn() -> bool,
-    journal: Option<&inflight::Store>,
+    journal: &inflight::Store,
 ) -> DigestEnd {
     let unix = unix_now();
     let record = |r: &Inflight| {
-        if let Some(j) = journal {
-            if let Err(e) = j.save(r) {
-                // Not fatal: after a crash the step is done once more.
-                log::warn!("digest record not saved robot={name} error=\"{e}\"");
-            }
+        if let Err(e) = journal.save(r) {
+            // Not fatal: after a crash the step is done once more.
+            log::warn!("digest record not saved robot={name} error=\"{e}\"");
         }
     };
-    let resumed = journal.and_then(|j| j.load(name)).and_then(|r| {
+    let resumed = journal.load(name).and_then(|r| {
         let groups = inflight::resume(&r, pending, unix)?;
         Some((r, groups))
     });

@@ -1,8 +1,89 @@
 //! Storm mode fixes from an adversarial review (issue 15), over the real binary.
 
+use std::time::Duration;
+
 use serde_json::json;
 
-use crate::util::{run_to_exit, TempDir};
+use crate::util::{payload, run_to_exit, wait_until, FakeWeCom, Relay, TempDir, A};
+
+/// Starts a relay on `fake` whose storm only a digest can tell (2 messages per 2 s,
+/// `--max-delay 1ms`, quick retries), with `extra` arguments, and posts 10 groups of 30 alerts.
+fn storm(fake: &FakeWeCom, extra: &[&str]) -> (Relay, Vec<String>) {
+    let url = fake.url();
+    let mut args = vec![
+        "--key",
+        url.as_str(),
+        "--rate",
+        "2/2s",
+        "--max-delay",
+        "1ms",
+        "--dedup-window",
+        "0",
+        "--retry-initial",
+        "200ms",
+        "--retry-max",
+        "400ms",
+    ];
+    args.extend_from_slice(extra);
+    let relay = Relay::start(&args);
+    let mut fps = Vec::new();
+    for g in 0..10 {
+        let group: Vec<String> = (0..30).map(|i| format!("s{g}x{i}")).collect();
+        let alerts: Vec<A> = group.iter().map(|fp| A(fp, "firing", "StormFix")).collect();
+        assert_eq!(relay.post(&payload(&format!("storm{g}"), &alerts)).status, 200);
+        fps.extend(group);
+    }
+    (relay, fps)
+}
+
+/// Every alert of `fps` is in a delivered message or in a file whose file message was
+/// delivered.
+fn all_told(fake: &FakeWeCom, fps: &[String]) -> bool {
+    let uploads = fake.uploads();
+    let mut text = String::new();
+    for r in fake.delivered() {
+        text.push_str(r.content());
+        let id = r.body["file"]["media_id"].as_str().unwrap_or("");
+        if let Some(u) = uploads.iter().find(|u| u.media_id == id) {
+            text.push_str(&String::from_utf8_lossy(&u.data));
+        }
+    }
+    // A file row has the description (`fp=…`), a compact line the instance.
+    fps.iter().all(|fp| {
+        text.contains(&format!("fp={fp} ")) || text.contains(&format!("instance={fp}.example"))
+    })
+}
+
+/// Digest messages that reached WeCom (accepted or not).
+fn digest_messages(fake: &FakeWeCom) -> usize {
+    fake.received().iter().filter(|r| r.content().contains("告警汇总")).count()
+}
+
+fn file_messages(fake: &FakeWeCom) -> usize {
+    fake.received().iter().filter(|r| r.msgtype() == "file").count()
+}
+
+/// Bug 1: without `--state-dir`, each retry of a digest whose file message WeCom refused
+/// (-1, busy) uploaded the file again and sent the digest message again; the group saw the
+/// digest once per retry. The record of the digest in flight now lives in memory too.
+#[test]
+fn issue_15_a_retried_digest_without_a_state_dir_reuses_its_upload() {
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(2, Duration::from_secs(2));
+    fake.fail_file_messages(Some(-1));
+    let (relay, fps) = storm(&fake, &[]);
+    wait_until(Duration::from_secs(30), "three refused file messages", || {
+        file_messages(&fake) >= 3
+    });
+    fake.fail_file_messages(None);
+    wait_until(Duration::from_secs(30), "a delivered file message", || {
+        fake.delivered().iter().any(|r| r.msgtype() == "file")
+    });
+    assert_eq!(fake.uploads().len(), 1, "uploaded again on a retry");
+    assert_eq!(digest_messages(&fake), 1, "digest message sent again on a retry");
+    assert!(all_told(&fake, &fps), "an alert never told");
+    assert!(relay.logs().contains("media_id_reused=true"), "{}", relay.logs());
+}
 
 /// Bug 2: a long label sorting before `instance` used to push `instance=…` past the compact
 /// line's cut, so the preview's compact message showed five lines without their host.
