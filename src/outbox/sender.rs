@@ -181,7 +181,9 @@ fn run(robot: &Source, settings: &Settings) {
     // A file sent just before a crash: what it told, replayed from the spool, is not sent again.
     if let Some(record) = journal.load(name) {
         digest_in_flight = record.stage < Stage::FileSent;
-        let cover = inflight::told(&record, &outbox.snapshot_all(), unix_now());
+        let (_, _, _, max_delay) = current(live);
+        let max_age = inflight::max_age(max_delay);
+        let cover = inflight::told(&record, &outbox.snapshot_all(), unix_now(), max_age);
         if !cover.alerts.is_empty() {
             log::info!(
                 "digest file was sent before the restart, not sending it again robot={name} file={} alerts={}",
@@ -236,10 +238,20 @@ fn run(robot: &Source, settings: &Settings) {
             // A digest in flight whose states are all still pending is finished first (with
             // its media id): deciding afresh could tell a group compact or full messages
             // after it has seen the digest of the same states.
+            let max_age = inflight::max_age(max_delay);
             let resume = digest_in_flight
                 && journal.load(name).is_some_and(|r| {
-                    inflight::resume(&r, &outbox.snapshot_all(), unix_now()).is_some()
+                    inflight::resume(&r, &outbox.snapshot_all(), unix_now(), max_age).is_some()
                 });
+            if digest_in_flight && !resume {
+                // Not going on with it (a covered state changed or was told another way, or
+                // the record is too old): a record left behind could later be taken up for
+                // the same states repeated by Alertmanager, with only its old file message.
+                log::info!("digest in flight dropped, deciding afresh robot={name}");
+                if let Err(e) = journal.clear() {
+                    log::warn!("digest record not removed robot={name} error=\"{e}\"");
+                }
+            }
             digest_in_flight = resume;
             let plan = if resume {
                 Some(Storm::Digest(outbox.snapshot_all()))
@@ -277,6 +289,7 @@ fn run(robot: &Source, settings: &Settings) {
                     &mut send,
                     &wait_budget,
                     &journal,
+                    resume.then_some(max_age),
                 ) {
                     DigestEnd::Delivered(groups, cover) => {
                         digest_in_flight = false;
@@ -797,6 +810,7 @@ fn send_digest(
     send: &mut SendOne,
     wait_budget: &dyn Fn() -> bool,
     journal: &inflight::Store,
+    resume_within: Option<Duration>,
 ) -> DigestEnd {
     let unix = unix_now();
     let record = |r: &Inflight| {
@@ -805,8 +819,10 @@ fn send_digest(
             log::warn!("digest record not saved robot={name} error=\"{e}\"");
         }
     };
-    let resumed = journal.load(name).and_then(|r| {
-        let groups = inflight::resume(&r, pending, unix)?;
+    // Only a record the caller decided to go on with: a new digest replaces any other.
+    let resumed = resume_within.and_then(|max_age| journal.load(name).map(|r| (r, max_age)));
+    let resumed = resumed.and_then(|(r, max_age)| {
+        let groups = inflight::resume(&r, pending, unix, max_age)?;
         Some((r, groups))
     });
     // The digest message counts all it was made from; only what the file lists is settled.
