@@ -178,6 +178,8 @@ fn run(robot: &Source, settings: &Settings) {
     // A digest in flight (uploaded, maybe its digest message sent) goes on before anything
     // else is decided, so the group is not told its states twice; see `resume_first`.
     let mut digest_in_flight = false;
+    // The last digest's file name: a later one in the same minute gets a distinct name.
+    let mut last_file_name: Option<String> = journal.load(name).map(|r| r.file_name);
     // A file sent just before a crash: what it told, replayed from the spool, is not sent again.
     if let Some(record) = journal.load(name) {
         digest_in_flight = record.stage < Stage::FileSent;
@@ -290,6 +292,7 @@ fn run(robot: &Source, settings: &Settings) {
                     &wait_budget,
                     &journal,
                     resume.then_some(max_age),
+                    &mut last_file_name,
                 ) {
                     DigestEnd::Delivered(groups, cover) => {
                         digest_in_flight = false;
@@ -811,6 +814,7 @@ fn send_digest(
     wait_budget: &dyn Fn() -> bool,
     journal: &inflight::Store,
     resume_within: Option<Duration>,
+    last_file_name: &mut Option<String>,
 ) -> DigestEnd {
     let unix = unix_now();
     let record = |r: &Inflight| {
@@ -840,7 +844,7 @@ fn send_digest(
         None => {
             let payloads: Vec<Payload> = pending.iter().map(|g| g.payload.clone()).collect();
             let now = Timestamp { unix_seconds: unix as i64, nanos: 0 };
-            let file_name = digest::file_name(now, tz);
+            let file_name = digest::next_file_name(now, tz, last_file_name.as_deref());
             let list = digest::full_list_listed(&payloads, tz, now, wecom::MEDIA_MAX_BYTES);
             // What the file leaves out at its size cap stays pending for the next round.
             let listed = inflight::narrow(pending, &list.listed);
@@ -869,6 +873,7 @@ fn send_digest(
                 covered: inflight::covered(&listed),
             };
             record(&state);
+            *last_file_name = Some(state.file_name.clone());
             (state, listed, payloads)
         }
     };

@@ -122,3 +122,35 @@ fn issue_15_compact_lines_name_their_host_despite_long_labels() {
         assert!(line.contains("z…"), "the long value is cut, not the line: {line}");
     }
 }
+
+/// Bug 3: file names had minute resolution, so two digests in the same minute attached two
+/// files named alike. A second storm right after the first: every file has its own name.
+#[test]
+fn issue_15_two_digests_attach_files_with_distinct_names() {
+    let fake = FakeWeCom::start();
+    fake.enforce_budget(2, Duration::from_secs(2));
+    let (relay, _) = storm(&fake, &[]);
+    wait_until(Duration::from_secs(30), "the first file message", || {
+        fake.delivered().iter().any(|r| r.msgtype() == "file")
+    });
+    for g in 0..10 {
+        let group: Vec<String> = (0..30).map(|i| format!("t{g}x{i}")).collect();
+        let alerts: Vec<A> = group.iter().map(|fp| A(fp, "firing", "StormFix2")).collect();
+        assert_eq!(relay.post(&payload(&format!("again{g}"), &alerts)).status, 200);
+    }
+    wait_until(Duration::from_secs(30), "a second upload", || fake.uploads().len() >= 2);
+    let names: Vec<String> = fake.uploads().iter().map(|u| u.file_name.clone()).collect();
+    let mut distinct = names.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), names.len(), "files named alike: {names:?}");
+    for n in &names {
+        let stem = n.strip_prefix("alerts-").and_then(|r| r.strip_suffix(".md")).unwrap_or("");
+        let ok = stem.len() >= 13
+            && stem[..8].bytes().all(|b| b.is_ascii_digit())
+            && &stem[8..9] == "-"
+            && stem[9..13].bytes().all(|b| b.is_ascii_digit())
+            && (stem.len() == 13 || stem[13..].starts_with('-'));
+        assert!(ok, "file name of another shape: {n}");
+    }
+}
