@@ -281,7 +281,13 @@ fn run(robot: &Source, settings: &Settings) {
                     }
                     (result, finished)
                 };
-                let wait_budget = || outbox.pause_until(not_before(hold_until));
+                // Before each send of the round: the live rate (a reload may have lowered it
+                // during the upload), then the budget at that rate.
+                let wait_budget = || {
+                    let (_, live_rate, _, _) = current(live);
+                    limiter.borrow_mut().set_rate(live_rate);
+                    outbox.pause_until(not_before(hold_until))
+                };
                 match send_digest(
                     &groups,
                     &target,
@@ -881,14 +887,18 @@ fn send_digest(
     let text = render::adapt(digest::digest(&payloads, tz, &state.file_name, limit), msgtype)
         .to_markdown();
     if state.stage < Stage::DigestSent {
+        // The upload took time: the budget, at the rate now in force, before the digest too.
+        if !wait_budget() {
+            return DigestEnd::Stopped;
+        }
         if let (Err(e), at) = send(&msgtype.body(&text)) {
             return DigestEnd::SendFailed(e, at);
         }
         state.stage = Stage::DigestSent;
         record(&state);
-        if !wait_budget() {
-            return DigestEnd::Stopped;
-        }
+    }
+    if !wait_budget() {
+        return DigestEnd::Stopped;
     }
     if let (Err(e), at) = send(&wecom::file_body(&state.media_id)) {
         return DigestEnd::SendFailed(e, at);

@@ -154,3 +154,39 @@ fn issue_15_two_digests_attach_files_with_distinct_names() {
         assert!(ok, "file name of another shape: {n}");
     }
 }
+
+/// Bug 4: a reload lowering the rate while the file was uploading was ignored for the digest
+/// message, sent right after the upload at the old rate. The fake enforces the new budget
+/// from the reload on: nothing may be refused with 45009.
+#[test]
+fn issue_15_a_reload_during_the_upload_paces_the_digest_at_the_new_rate() {
+    let fake = FakeWeCom::start();
+    let dir = TempDir::new("storm-fix-reload");
+    let robot = |rate: &str| {
+        format!("[robots.ops]\nkey = \"{}\"\nrate = \"{rate}\"\nmax_delay = \"1ms\"\n", fake.url())
+    };
+    let config = dir.path().join("robots.toml");
+    std::fs::write(&config, robot("4/2s")).expect("write");
+    let config = config.to_str().expect("utf8").to_string();
+    let relay = Relay::start(&["--config", &config, "--dedup-window", "0"]);
+    fake.delay_uploads(Duration::from_secs(4));
+    for g in 0..10 {
+        let alerts: Vec<String> = (0..30).map(|i| format!("r{g}x{i}")).collect();
+        let alerts: Vec<A> = alerts.iter().map(|fp| A(fp, "firing", "ReloadStorm")).collect();
+        assert_eq!(relay.post(&payload(&format!("reload{g}"), &alerts)).status, 200);
+    }
+    wait_until(Duration::from_secs(20), "an upload under way", || fake.uploads_started() >= 1);
+    std::fs::write(dir.path().join("robots.toml"), robot("1/6s")).expect("write");
+    relay.signal("HUP");
+    wait_until(Duration::from_secs(10), "reload", || {
+        relay.logs().contains("configuration reloaded (SIGHUP)")
+    });
+    assert!(fake.uploads().is_empty(), "the reload came after the upload: test too slow");
+    fake.enforce_budget(1, Duration::from_secs(6));
+    wait_until(Duration::from_secs(40), "the file message", || {
+        fake.delivered().iter().any(|r| r.msgtype() == "file")
+    });
+    let refused: Vec<String> =
+        fake.received().iter().filter(|r| !r.delivered).map(|r| r.answered.clone()).collect();
+    assert!(refused.is_empty(), "WeCom refused: {refused:?}\n{}", relay.logs());
+}
