@@ -157,6 +157,30 @@ pub fn file_name(now: Timestamp, tz: TzOffset) -> String {
     format!("alerts-{date}-{}.md", time.get(..4).unwrap_or(time))
 }
 
+/// The file name of a digest after one named `previous`: [`file_name`], or, when `previous`
+/// was sent in the same minute (same name, or that name with a `-N` suffix), the same name
+/// with the next suffix (`alerts-20261202-1030-2.md`, `-3` …), so two files in the group never
+/// share a name.
+pub fn next_file_name(now: Timestamp, tz: TzOffset, previous: Option<&str>) -> String {
+    let base = file_name(now, tz);
+    let Some(prev) = previous else {
+        return base;
+    };
+    let stem = base.trim_end_matches(".md");
+    if prev == base {
+        return format!("{stem}-2.md");
+    }
+    let n = prev
+        .strip_prefix(stem)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.strip_suffix(".md"))
+        .and_then(|n| n.parse::<u32>().ok());
+    match n {
+        Some(n) => format!("{stem}-{}.md", n.saturating_add(1)),
+        None => base,
+    }
+}
+
 /// Appends lines to a block while they fit a byte budget.
 struct Block {
     text: String,
@@ -556,6 +580,26 @@ mod tests {
         let now = Timestamp { unix_seconds: 1_796_178_600, nanos: 0 };
         assert_eq!(format_time(now, TzOffset { seconds: 0 }), "2026-12-02 02:30:00");
         assert_eq!(file_name(now, CST), "alerts-20261202-1030.md");
+    }
+
+    /// Issue 15 (adversarial review): two digests in the same minute attached two files named
+    /// alike (minute resolution).
+    #[test]
+    fn issue_15_later_digests_in_the_same_minute_get_distinct_file_names() {
+        let now = Timestamp { unix_seconds: 1_796_178_600, nanos: 0 };
+        assert_eq!(next_file_name(now, CST, None), "alerts-20261202-1030.md");
+        let second = next_file_name(now, CST, Some("alerts-20261202-1030.md"));
+        assert_eq!(second, "alerts-20261202-1030-2.md");
+        assert_eq!(next_file_name(now, CST, Some(&second)), "alerts-20261202-1030-3.md");
+        // Another minute, or a name of another shape: the plain name.
+        assert_eq!(
+            next_file_name(now, CST, Some("alerts-20261202-1029-4.md")),
+            "alerts-20261202-1030.md"
+        );
+        assert_eq!(
+            next_file_name(now, CST, Some("alerts-20261202-1030-x.md")),
+            "alerts-20261202-1030.md"
+        );
     }
 
     #[test]

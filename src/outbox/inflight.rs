@@ -1,5 +1,7 @@
 //! A storm-mode digest in flight, kept across a crash (with `--state-dir`): one small record
-//! file, `<robot dir>/digest-inflight.json`, next to the spool's directories.
+//! file, `<robot dir>/digest-inflight.json`, next to the spool's directories. Without
+//! `--state-dir` the same record is kept in memory, so a digest retried after a failed send
+//! still reuses its upload and does not send its digest message again.
 //!
 //! A digest round is three steps: upload the full list (no budget; the media id WeCom returns
 //! is valid for 3 days), send the digest message, send the file message; the covered alert
@@ -15,6 +17,13 @@
 //! - [`Stage::FileSent`]: at start, the covered states still pending (replayed from the spool)
 //!   are settled as told, not sent again. The record stays until the next digest replaces it.
 //!
+//! A record goes on only while it is recent: within [`max_age`] (`--max-delay` + 5 minutes)
+//! of its upload. An older one (a relay down for long, or a record left behind) is never
+//! resumed nor used to settle replayed states: the group has long seen other messages, and
+//! Alertmanager repeating the same still-firing alerts later must get a fresh digest, not the
+//! old file message alone. The sender also clears the record as soon as a round decides not to
+//! go on with it (a covered state changed or was told another way).
+//!
 //! Crash windows (at most once more, never lost): between a step accepted by WeCom and its
 //! record on disk the step is done again (one more upload, digest or file message).
 //!
@@ -25,6 +34,7 @@
 //! thread, never on a coroutine. An unreadable record is logged and ignored: at worst a file
 //! is uploaded or sent once more. The decisions ([`resume`], [`told`]) are pure.
 
+use std::cell::RefCell;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -40,6 +50,14 @@ use crate::outbox::queue::{identity, Cover, GroupSnap};
 pub const MEDIA_REUSE_FOR: Duration = Duration::from_secs(3 * 24 * 3600 - 3600);
 
 const FILE_NAME: &str = "digest-inflight.json";
+
+/// How long after its upload a record may still go on: the robot's `--max-delay` plus this.
+pub const RESUME_GRACE: Duration = Duration::from_secs(300);
+
+/// The age past which a record is neither resumed nor used to settle replayed states.
+pub fn max_age(max_delay: Duration) -> Duration {
+    max_delay.saturating_add(RESUME_GRACE)
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
@@ -134,6 +152,12 @@ impl Inflight {
         })
     }
 
+    /// Whether the record is within `max_age` of its upload at `now_unix`.
+    pub fn recent(&self, now_unix: u64, max_age: Duration) -> bool {
+        now_unix.saturating_sub(self.uploaded_unix) <= max_age.as_secs()
+            && now_unix + 300 >= self.uploaded_unix
+    }
+
     /// Whether the media id may still be used at `now_unix`.
     pub fn media_fresh(&self, now_unix: u64) -> bool {
         now_unix.saturating_sub(self.uploaded_unix) < MEDIA_REUSE_FOR.as_secs()
@@ -147,10 +171,18 @@ pub fn covered(groups: &[GroupSnap]) -> Vec<StateKey> {
 }
 
 /// The pending groups narrowed to the record's states, when a digest in flight can go on:
-/// not yet sent as a file, its media id fresh, and every covered state still pending as it
-/// was. `None`: start afresh.
-pub fn resume(record: &Inflight, pending: &[GroupSnap], now_unix: u64) -> Option<Vec<GroupSnap>> {
-    if record.stage == Stage::FileSent || !record.media_fresh(now_unix) || record.covered.is_empty()
+/// not yet sent as a file, recent (`max_age`), its media id fresh, and every covered state
+/// still pending as it was. `None`: start afresh.
+pub fn resume(
+    record: &Inflight,
+    pending: &[GroupSnap],
+    now_unix: u64,
+    max_age: Duration,
+) -> Option<Vec<GroupSnap>> {
+    if record.stage == Stage::FileSent
+        || !record.media_fresh(now_unix)
+        || !record.recent(now_unix, max_age)
+        || record.covered.is_empty()
     {
         return None;
     }
@@ -195,10 +227,10 @@ pub fn narrow(pending: &[GroupSnap], keep: &[(usize, usize)]) -> Vec<GroupSnap> 
 }
 
 /// What of the pending state a file already sent (before a restart) told: to settle as
-/// delivered instead of sending it again.
-pub fn told(record: &Inflight, pending: &[GroupSnap], now_unix: u64) -> Cover {
+/// delivered instead of sending it again; only while the record is recent (`max_age`).
+pub fn told(record: &Inflight, pending: &[GroupSnap], now_unix: u64, max_age: Duration) -> Cover {
     let mut cover = Cover::default();
-    if record.stage != Stage::FileSent || !record.media_fresh(now_unix) {
+    if record.stage != Stage::FileSent || !record.recent(now_unix, max_age) {
         return cover;
     }
     let wanted: std::collections::HashSet<&StateKey> = record.covered.iter().collect();
@@ -212,23 +244,30 @@ pub fn told(record: &Inflight, pending: &[GroupSnap], now_unix: u64) -> Cover {
     cover
 }
 
-/// The record file of one robot's directory.
+/// Where one robot's record is kept: the record file of its directory (with `--state-dir`),
+/// or memory (without), so a digest retried after a failed send reuses its media id and does
+/// not send its digest message again either way; only a crash forgets the memory.
 pub struct Store {
-    dir: PathBuf,
+    dir: Option<PathBuf>,
+    memory: RefCell<Option<Inflight>>,
 }
 
 impl Store {
     pub fn new(robot_dir: &Path) -> Store {
-        Store { dir: robot_dir.to_path_buf() }
+        Store { dir: Some(robot_dir.to_path_buf()), memory: RefCell::new(None) }
     }
 
-    fn path(&self) -> PathBuf {
-        self.dir.join(FILE_NAME)
+    /// A record kept in memory only (no `--state-dir`).
+    pub fn in_memory() -> Store {
+        Store { dir: None, memory: RefCell::new(None) }
     }
 
     /// The record, if there is a readable one (an unreadable one is logged and ignored).
     pub fn load(&self, robot: &str) -> Option<Inflight> {
-        let bytes = match fs::read(self.path()) {
+        let Some(dir) = &self.dir else {
+            return self.memory.borrow().clone();
+        };
+        let bytes = match fs::read(dir.join(FILE_NAME)) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
@@ -245,22 +284,30 @@ impl Store {
         }
     }
 
-    /// Replaces the record durably: temp file, fsync, rename, directory fsync.
+    /// Replaces the record; on disk durably: temp file, fsync, rename, directory fsync.
     pub fn save(&self, record: &Inflight) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
+        let Some(dir) = &self.dir else {
+            *self.memory.borrow_mut() = Some(record.clone());
+            return Ok(());
+        };
+        let tmp = dir.join(format!("{FILE_NAME}.tmp"));
         {
             let mut f = File::create(&tmp)?;
             f.write_all(record.to_json().as_bytes())?;
             f.sync_all()?;
         }
-        fs::rename(&tmp, self.path())?;
-        File::open(&self.dir)?.sync_all()
+        fs::rename(&tmp, dir.join(FILE_NAME))?;
+        File::open(dir)?.sync_all()
     }
 
     pub fn clear(&self) -> io::Result<()> {
-        match fs::remove_file(self.path()) {
+        let Some(dir) = &self.dir else {
+            *self.memory.borrow_mut() = None;
+            return Ok(());
+        };
+        match fs::remove_file(dir.join(FILE_NAME)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => File::open(&self.dir)?.sync_all(),
+            _ => File::open(dir)?.sync_all(),
         }
     }
 }
@@ -307,6 +354,25 @@ mod tests {
         }
     }
 
+    /// The bound of the tests: `--max-delay 2m` (its default).
+    const AGE: Duration = Duration::from_secs(120 + 300);
+
+    /// Issue 15 (adversarial review): a record left behind (the relay killed between digest
+    /// and file, the states later told another way) was taken up again when Alertmanager
+    /// repeated the same still-firing alerts long after: only the old file message went out.
+    #[test]
+    fn issue_15_an_old_record_is_neither_resumed_nor_settles_anything() {
+        let pending = [group("g1", vec![alert("a", Status::Firing, 1)])];
+        let rec = record(Stage::DigestSent, covered(&pending));
+        let age = max_age(Duration::from_secs(120));
+        assert_eq!(age, AGE);
+        assert!(resume(&rec, &pending, 1_000_000 + 420, age).is_some(), "within the bound");
+        assert!(resume(&rec, &pending, 1_000_000 + 421, age).is_none(), "past the bound");
+        let sent = record(Stage::FileSent, covered(&pending));
+        assert_eq!(told(&sent, &pending, 1_000_000 + 420, age).alerts.len(), 1);
+        assert!(told(&sent, &pending, 1_000_000 + 421, age).alerts.is_empty());
+    }
+
     #[test]
     fn round_trips_and_refuses_garbage() {
         let r =
@@ -331,7 +397,7 @@ mod tests {
                 alert("b", Status::Firing, 1),
             ],
         )];
-        let subset = resume(&rec, &now, 1_000_100).expect("resumable");
+        let subset = resume(&rec, &now, 1_000_100, AGE).expect("resumable");
         let fps: Vec<&str> =
             subset[0].payload.alerts.iter().map(|a| a.fingerprint.as_str()).collect();
         assert_eq!(fps, ["a", "b"]);
@@ -339,11 +405,11 @@ mod tests {
         // A covered state changed (b resolved): the file would be stale, start afresh.
         let changed =
             [group("g1", vec![alert("a", Status::Firing, 1), alert("b", Status::Resolved, 1)])];
-        assert!(resume(&rec, &changed, 1_000_100).is_none());
+        assert!(resume(&rec, &changed, 1_000_100, AGE).is_none());
         // The media id is near its 3 days.
-        assert!(resume(&rec, &now, 1_000_000 + 3 * 24 * 3600).is_none());
+        assert!(resume(&rec, &now, 1_000_000 + 3 * 24 * 3600, Duration::MAX).is_none());
         // Already sent as a file: nothing to resume.
-        assert!(resume(&record(Stage::FileSent, covered(&before)), &now, 1_000_100).is_none());
+        assert!(resume(&record(Stage::FileSent, covered(&before)), &now, 1_000_100, AGE).is_none());
     }
 
     #[test]
@@ -368,13 +434,13 @@ mod tests {
         let before = [group("g1", vec![alert("a", Status::Firing, 1)])];
         let rec = record(Stage::FileSent, covered(&before));
         let now = [group("g1", vec![alert("a", Status::Firing, 1), alert("b", Status::Firing, 1)])];
-        let cover = told(&rec, &now, 1_000_100);
+        let cover = told(&rec, &now, 1_000_100, AGE);
         assert_eq!(cover.alerts, vec![("g1".to_string(), "a".to_string(), 7)]);
         // A later episode of the same alert is news.
         let later = [group("g1", vec![alert("a", Status::Firing, 5)])];
-        assert!(told(&rec, &later, 1_000_100).alerts.is_empty());
+        assert!(told(&rec, &later, 1_000_100, AGE).alerts.is_empty());
         // Only a file that was sent.
-        assert!(told(&record(Stage::DigestSent, covered(&before)), &now, 1_000_100)
+        assert!(told(&record(Stage::DigestSent, covered(&before)), &now, 1_000_100, AGE)
             .alerts
             .is_empty());
     }
@@ -388,12 +454,18 @@ mod tests {
         assert_eq!(store.load("t"), None);
         let r = record(Stage::Uploaded, vec![]);
         store.save(&r).expect("save");
-        assert_eq!(store.load("t"), Some(r));
+        assert_eq!(store.load("t"), Some(r.clone()));
         fs::write(dir.join(FILE_NAME), b"{half").expect("write");
         assert_eq!(store.load("t"), None, "unreadable: ignored");
         store.clear().expect("clear");
         store.clear().expect("clear twice");
         assert!(!dir.join(FILE_NAME).exists());
         let _ = fs::remove_dir_all(&dir);
+        let memory = Store::in_memory();
+        assert_eq!(memory.load("t"), None);
+        memory.save(&r).expect("save");
+        assert_eq!(memory.load("t"), Some(r));
+        memory.clear().expect("clear");
+        assert_eq!(memory.load("t"), None);
     }
 }

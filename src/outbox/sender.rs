@@ -14,10 +14,10 @@
 //! ([`crate::compact`]) if that fits, else as one digest message and the full list as a file
 //! ([`crate::digest`]), settled only once the file message is accepted; a failed upload falls
 //! back to compact messages, only as many as the window allows now (`fallback_goes_on`), and
-//! the next round decides again: with the file path once its back-off has passed. With
-//! `--state-dir` each step of a digest is recorded ([`super::inflight`]), so after a crash or a
-//! failed send it goes on, before anything is decided afresh, with the same uploaded file, and
-//! a file already sent is not sent again.
+//! the next round decides again: with the file path once its back-off has passed. Each step
+//! of a digest is recorded ([`super::inflight`]; on disk with `--state-dir`, else in memory),
+//! so after a failed send (and, with `--state-dir`, a crash) it goes on, before anything is
+//! decided afresh, with the same uploaded file, and a file already sent is not sent again.
 //!
 //! Pacing: a round (a snapshot composed into messages) starts by [`Limiter::next_round`], which
 //! holds it while a burst is still arriving instead of spending the window on near-empty
@@ -169,14 +169,23 @@ fn run(robot: &Source, settings: &Settings) {
     let mut hold_until = Instant::now();
     let mut failing: Option<String> = None;
     let name = settings.robot.as_str();
-    let journal = settings.state_dir.as_deref().map(inflight::Store::new);
+    // Without `--state-dir` the record lives in memory: a retried digest still reuses its
+    // media id and does not send its digest message again.
+    let journal = match settings.state_dir.as_deref() {
+        Some(dir) => inflight::Store::new(dir),
+        None => inflight::Store::in_memory(),
+    };
     // A digest in flight (uploaded, maybe its digest message sent) goes on before anything
     // else is decided, so the group is not told its states twice; see `resume_first`.
     let mut digest_in_flight = false;
+    // The last digest's file name: a later one in the same minute gets a distinct name.
+    let mut last_file_name: Option<String> = journal.load(name).map(|r| r.file_name);
     // A file sent just before a crash: what it told, replayed from the spool, is not sent again.
-    if let Some(record) = journal.as_ref().and_then(|j| j.load(name)) {
+    if let Some(record) = journal.load(name) {
         digest_in_flight = record.stage < Stage::FileSent;
-        let cover = inflight::told(&record, &outbox.snapshot_all(), unix_now());
+        let (_, _, _, max_delay) = current(live);
+        let max_age = inflight::max_age(max_delay);
+        let cover = inflight::told(&record, &outbox.snapshot_all(), unix_now(), max_age);
         if !cover.alerts.is_empty() {
             log::info!(
                 "digest file was sent before the restart, not sending it again robot={name} file={} alerts={}",
@@ -231,10 +240,20 @@ fn run(robot: &Source, settings: &Settings) {
             // A digest in flight whose states are all still pending is finished first (with
             // its media id): deciding afresh could tell a group compact or full messages
             // after it has seen the digest of the same states.
+            let max_age = inflight::max_age(max_delay);
             let resume = digest_in_flight
-                && journal.as_ref().and_then(|j| j.load(name)).is_some_and(|r| {
-                    inflight::resume(&r, &outbox.snapshot_all(), unix_now()).is_some()
+                && journal.load(name).is_some_and(|r| {
+                    inflight::resume(&r, &outbox.snapshot_all(), unix_now(), max_age).is_some()
                 });
+            if digest_in_flight && !resume {
+                // Not going on with it (a covered state changed or was told another way, or
+                // the record is too old): a record left behind could later be taken up for
+                // the same states repeated by Alertmanager, with only its old file message.
+                log::info!("digest in flight dropped, deciding afresh robot={name}");
+                if let Err(e) = journal.clear() {
+                    log::warn!("digest record not removed robot={name} error=\"{e}\"");
+                }
+            }
             digest_in_flight = resume;
             let plan = if resume {
                 Some(Storm::Digest(outbox.snapshot_all()))
@@ -262,7 +281,13 @@ fn run(robot: &Source, settings: &Settings) {
                     }
                     (result, finished)
                 };
-                let wait_budget = || outbox.pause_until(not_before(hold_until));
+                // Before each send of the round: the live rate (a reload may have lowered it
+                // during the upload), then the budget at that rate.
+                let wait_budget = || {
+                    let (_, live_rate, _, _) = current(live);
+                    limiter.borrow_mut().set_rate(live_rate);
+                    outbox.pause_until(not_before(hold_until))
+                };
                 match send_digest(
                     &groups,
                     &target,
@@ -271,7 +296,9 @@ fn run(robot: &Source, settings: &Settings) {
                     name,
                     &mut send,
                     &wait_budget,
-                    journal.as_ref(),
+                    &journal,
+                    resume.then_some(max_age),
+                    &mut last_file_name,
                 ) {
                     DigestEnd::Delivered(groups, cover) => {
                         digest_in_flight = false;
@@ -319,18 +346,14 @@ fn run(robot: &Source, settings: &Settings) {
                         };
                         hold_until = finished + wait;
                         // Its record (uploaded, perhaps the digest sent) goes on next round.
-                        digest_in_flight = journal.is_some();
+                        digest_in_flight = true;
                         if e.class() == Class::Permanent {
                             digest_in_flight = false;
                             file_path_closed_until = finished + file_backoff.next();
                             // WeCom refused the digest or the file (an expired media id
                             // answers 40007): the next digest starts afresh.
-                            if let Some(j) = &journal {
-                                if let Err(e) = j.clear() {
-                                    log::warn!(
-                                        "digest record not removed robot={name} error=\"{e}\""
-                                    );
-                                }
+                            if let Err(e) = journal.clear() {
+                                log::warn!("digest record not removed robot={name} error=\"{e}\"");
                             }
                         }
                         log::warn!(
@@ -795,19 +818,21 @@ fn send_digest(
     name: &str,
     send: &mut SendOne,
     wait_budget: &dyn Fn() -> bool,
-    journal: Option<&inflight::Store>,
+    journal: &inflight::Store,
+    resume_within: Option<Duration>,
+    last_file_name: &mut Option<String>,
 ) -> DigestEnd {
     let unix = unix_now();
     let record = |r: &Inflight| {
-        if let Some(j) = journal {
-            if let Err(e) = j.save(r) {
-                // Not fatal: after a crash the step is done once more.
-                log::warn!("digest record not saved robot={name} error=\"{e}\"");
-            }
+        if let Err(e) = journal.save(r) {
+            // Not fatal: after a crash the step is done once more.
+            log::warn!("digest record not saved robot={name} error=\"{e}\"");
         }
     };
-    let resumed = journal.and_then(|j| j.load(name)).and_then(|r| {
-        let groups = inflight::resume(&r, pending, unix)?;
+    // Only a record the caller decided to go on with: a new digest replaces any other.
+    let resumed = resume_within.and_then(|max_age| journal.load(name).map(|r| (r, max_age)));
+    let resumed = resumed.and_then(|(r, max_age)| {
+        let groups = inflight::resume(&r, pending, unix, max_age)?;
         Some((r, groups))
     });
     // The digest message counts all it was made from; only what the file lists is settled.
@@ -825,7 +850,7 @@ fn send_digest(
         None => {
             let payloads: Vec<Payload> = pending.iter().map(|g| g.payload.clone()).collect();
             let now = Timestamp { unix_seconds: unix as i64, nanos: 0 };
-            let file_name = digest::file_name(now, tz);
+            let file_name = digest::next_file_name(now, tz, last_file_name.as_deref());
             let list = digest::full_list_listed(&payloads, tz, now, wecom::MEDIA_MAX_BYTES);
             // What the file leaves out at its size cap stays pending for the next round.
             let listed = inflight::narrow(pending, &list.listed);
@@ -854,6 +879,7 @@ fn send_digest(
                 covered: inflight::covered(&listed),
             };
             record(&state);
+            *last_file_name = Some(state.file_name.clone());
             (state, listed, payloads)
         }
     };
@@ -861,14 +887,18 @@ fn send_digest(
     let text = render::adapt(digest::digest(&payloads, tz, &state.file_name, limit), msgtype)
         .to_markdown();
     if state.stage < Stage::DigestSent {
+        // The upload took time: the budget, at the rate now in force, before the digest too.
+        if !wait_budget() {
+            return DigestEnd::Stopped;
+        }
         if let (Err(e), at) = send(&msgtype.body(&text)) {
             return DigestEnd::SendFailed(e, at);
         }
         state.stage = Stage::DigestSent;
         record(&state);
-        if !wait_budget() {
-            return DigestEnd::Stopped;
-        }
+    }
+    if !wait_budget() {
+        return DigestEnd::Stopped;
     }
     if let (Err(e), at) = send(&wecom::file_body(&state.media_id)) {
         return DigestEnd::SendFailed(e, at);

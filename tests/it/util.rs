@@ -278,6 +278,10 @@ struct FakeState {
     upload_refused_at: Vec<Instant>,
     /// Every `file` message is answered with this errcode while set.
     file_errcode: Option<i64>,
+    /// Every upload is answered only after this long.
+    upload_delay: Duration,
+    /// Uploads whose request was read (answered or not yet).
+    uploads_started: usize,
 }
 
 /// A file the fake accepted on `…/upload_media` (multipart part `media`).
@@ -340,6 +344,8 @@ impl FakeWeCom {
             upload_refusals_left: None,
             upload_failures: 0,
             upload_refused_at: Vec::new(),
+            upload_delay: Duration::ZERO,
+            uploads_started: 0,
             file_errcode: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -425,6 +431,16 @@ impl FakeWeCom {
         self.state.lock().expect("fake").file_errcode = errcode;
     }
 
+    /// Answers every upload only after `delay` (a slow upload, during which a test may reload).
+    pub fn delay_uploads(&self, delay: Duration) {
+        self.state.lock().expect("fake").upload_delay = delay;
+    }
+
+    /// Uploads whose request was read, including one still waiting for `delay_uploads`.
+    pub fn uploads_started(&self) -> usize {
+        self.state.lock().expect("fake").uploads_started
+    }
+
     /// Undoes `refuse_containing`.
     pub fn stop_refusing(&self) {
         self.state.lock().expect("fake").poison = None;
@@ -494,6 +510,12 @@ fn serve(mut stream: impl Read + Write, state: &Mutex<FakeState>) {
                 k.eq_ignore_ascii_case("content-type").then(|| v.trim().to_string())
             })
             .unwrap_or_default();
+        let delay = {
+            let mut st = state.lock().expect("fake");
+            st.uploads_started += 1;
+            st.upload_delay
+        };
+        thread::sleep(delay);
         let answer = upload(&target, &content_type, &body, state);
         let _ = write!(
             stream,
