@@ -187,6 +187,14 @@ pub const FLAGS: &[Flag] = &[
         "largest request head; larger → 431 and the connection is closed",
     ),
     flag(
+        "--max-headers",
+        None,
+        Some("WEIXIN_ROBOT_MAX_HEADERS"),
+        Some("N"),
+        Some("32"),
+        "most headers a request may carry (at most 64; proxies and sidecars add some); more → 431",
+    ),
+    flag(
         "--max-connections",
         None,
         Some("WEIXIN_ROBOT_MAX_CONNECTIONS"),

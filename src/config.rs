@@ -55,6 +55,8 @@ pub struct Config {
     /// `--max-alerts`: more alerts in one notification → 413.
     pub max_alerts: usize,
     pub max_header_bytes: u64,
+    /// `--max-headers`: headers a request may carry (1 ..= `HEADER_CAPACITY`).
+    pub max_headers: usize,
     pub max_connections: usize,
     pub request_timeout: Duration,
     pub max_unsent_bytes: u64,
@@ -176,6 +178,13 @@ impl Config {
         let max_body_bytes = bytes("--max-body")?;
         let max_alerts = count("--max-alerts")?;
         let max_header_bytes = bytes("--max-header-bytes")?;
+        let max_headers = count("--max-headers")?;
+        if !(1..=may_minihttp::HEADER_CAPACITY).contains(&max_headers) {
+            return Err(invalid(
+                "--max-headers",
+                format!("must be 1 to {}", may_minihttp::HEADER_CAPACITY),
+            ));
+        }
         if max_body_bytes == 0 || max_header_bytes == 0 {
             return Err(invalid("--max-body", "sizes must be above zero"));
         }
@@ -250,6 +259,7 @@ impl Config {
             max_body_bytes,
             max_alerts,
             max_header_bytes,
+            max_headers,
             max_connections,
             request_timeout,
             max_unsent_bytes,

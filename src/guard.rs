@@ -44,6 +44,8 @@ pub struct Limits {
     /// Enforced by the connection loop (`HttpService::max_head_bytes`), kept here with the
     /// other per-connection limits.
     pub max_header_bytes: u64,
+    /// `--max-headers`, enforced by the connection loop (`HttpService::max_headers`).
+    pub max_headers: usize,
     /// Answer bytes a client may leave unread before its connection stops handling requests.
     pub max_unsent_bytes: u64,
 }

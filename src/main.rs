@@ -149,6 +149,7 @@ fn serve(config: &Config, raw: RawArgs, signals: &Signals) -> Result<(), Failure
         max_connections: config.max_connections,
         request_timeout: config.request_timeout,
         max_header_bytes: config.max_header_bytes,
+        max_headers: config.max_headers,
         max_unsent_bytes: config.max_unsent_bytes,
     }));
     guard::Guard::spawn_reaper(Arc::clone(&guard))

@@ -236,8 +236,13 @@ impl HttpService for Conn {
         usize::try_from(self.app.guard.limits().max_unsent_bytes).unwrap_or(usize::MAX)
     }
 
-    /// A head that does not parse (more than 16 headers, a line without a colon, …) or that
-    /// grew past `--max-header-bytes`; the connection closes after this answer.
+    fn max_headers(&self) -> usize {
+        self.app.guard.limits().max_headers
+    }
+
+    /// A head that does not parse (a line without a colon, …), carries more than
+    /// `--max-headers` headers or grew past `--max-header-bytes`; the connection closes after
+    /// this answer.
     fn bad_head(&mut self, why: BadHead, rsp: &mut Response) -> bool {
         if self.closed {
             return false;
@@ -247,7 +252,16 @@ impl HttpService for Conn {
                 400,
                 "Bad Request",
                 "bad_head",
-                "malformed request head (at most 16 headers, each \"Name: value\")",
+                "malformed request head (each header \"Name: value\")",
+            ),
+            BadHead::TooManyHeaders => error(
+                431,
+                "Request Header Fields Too Large",
+                "too_many_headers",
+                &format!(
+                    "too many request headers (at most {}, --max-headers)",
+                    self.app.guard.limits().max_headers
+                ),
             ),
             BadHead::TooLarge => error(
                 431,

@@ -70,6 +70,7 @@ fn bad_command_lines_exit_2_with_one_line() {
         (&["-k", "https://example.com/send?nokey=SeCrEtKeY-0123456789-abcdef"], "invalid --key"),
         (&["-k", "k", "--tz", "8"], "invalid --tz"),
         (&["-k", "k", "--port", "70000"], "invalid --port"),
+        (&["-k", "k", "--max-headers", "65"], "invalid --max-headers"),
         (&["-k", "k", "--rate", "0/1s"], "invalid --rate"),
         (&["-k", "k", "--listen", "localhost"], "invalid --listen"),
         (&["--key-file", "/nonexistent/key"], "reading key file"),

@@ -45,7 +45,7 @@ fn malformed_requests_table() {
         ("deep nesting", post_raw_body(&relay, format!("{{\"alerts\":{}{}}}", "[".repeat(5000), "]".repeat(5000)).as_bytes()), 400, "nested deeper"),
         ("nesting at the limit", post_raw_body(&relay, format!("{{\"alerts\":[{{\"labels\":{{\"a\":{}{}}}}}]}}", "[".repeat(12), "]".repeat(12)).as_bytes()), 400, "alerts[0].labels.a: expected a string"),
         ("10 MB body", post_raw_body(&relay, &ten_mb), 413, "--max-body"),
-        ("100 headers", raw(&relay, format!("POST /alertinfo HTTP/1.1\r\n{headers100}Content-Length: 2\r\n\r\n{{}}").as_bytes()), 400, "malformed request head"),
+        ("100 headers", raw(&relay, format!("POST /alertinfo HTTP/1.1\r\n{headers100}Content-Length: 2\r\n\r\n{{}}").as_bytes()), 431, "too many request headers (at most 32, --max-headers)"),
         ("header without colon", raw(&relay, b"POST /alertinfo HTTP/1.1\r\nNoColonHere\r\nContent-Length: 2\r\n\r\n{}"), 400, "malformed request head"),
         ("garbage request line", raw(&relay, b"\x00\x01\x02 what\r\n\r\n"), 400, "malformed request head"),
         ("missing Content-Length", raw(&relay, b"POST /alertinfo HTTP/1.1\r\nHost: x\r\n\r\n"), 411, "Content-Length is required"),
@@ -354,4 +354,34 @@ fn bearer_and_basic_auth() {
         stderr.contains("line 1: expected user:password") && !stderr.contains("no-colon-here"),
         "{stderr}"
     );
+}
+
+/// A proxy or service-mesh sidecar in front of the relay adds headers (x-forwarded-*,
+/// x-request-id, tracing): 20 of them pass by default, and `--max-headers` sets the bound;
+/// past it a clear 431, not a lost alert behind a vague 400.
+#[test]
+fn headers_added_by_proxies_pass_and_max_headers_bounds_them() {
+    let fake = FakeWeCom::start();
+    let relay = Relay::start(&["--key", &fake.url()]);
+    let body = payload("proxied", &[A("proxied1", "firing", "Proxied")]);
+    let request = |relay: &Relay, n: usize| {
+        let extra: String = (0..n).map(|i| format!("X-Sidecar-{i}: v\r\n")).collect();
+        let mut bytes = format!(
+            "POST /alertinfo HTTP/1.1\r\nHost: relay\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        bytes.extend_from_slice(&body);
+        raw(relay, &bytes)
+    };
+    let r = request(&relay, 20);
+    assert_eq!(r.status, 200, "{}", r.body);
+    wait_until(Duration::from_secs(10), "delivery", || fake.delivered().len() == 1);
+
+    let strict = Relay::start(&["--key", &fake.url(), "--max-headers", "8"]);
+    let r = request(&strict, 5); // 5 + Host, Content-Type, Content-Length = 8
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = request(&strict, 6);
+    assert_eq!(r.status, 431, "{}", r.body);
+    assert!(r.body.contains("at most 8, --max-headers"), "{}", r.body);
 }

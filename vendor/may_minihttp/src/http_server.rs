@@ -50,6 +50,12 @@ pub trait HttpService {
         usize::MAX
     }
 
+    /// weixin-robot: headers a request may carry (at most [`request::HEADER_CAPACITY`]); more
+    /// is refused with [`BadHead::TooManyHeaders`].
+    fn max_headers(&self) -> usize {
+        request::MAX_HEADERS
+    }
+
     /// weixin-robot: the request head is malformed or too large. Fill `rsp` and return true
     /// to send an answer; the connection is closed after it either way.
     fn bad_head(&mut self, _why: BadHead, _rsp: &mut Response) -> bool {
@@ -66,6 +72,7 @@ pub trait HttpService {
 pub enum BadHead {
     Malformed,
     TooLarge,
+    TooManyHeaders,
 }
 
 pub trait HttpServiceFactory: Send + Sized + 'static {
@@ -203,15 +210,17 @@ fn each_connection_loop<T: HttpService>(stream: &mut TcpStream, mut service: T) 
 
         // prepare the requests, we should make sure the request is fully read
         while !throttled && rsp_buf.len() < max_unsent {
-            let mut headers = [MaybeUninit::uninit(); request::MAX_HEADERS];
+            let mut headers = [MaybeUninit::uninit(); request::HEADER_CAPACITY];
+            let allowed = service.max_headers().clamp(1, request::HEADER_CAPACITY);
             // weixin-robot: an incomplete head stays whole in `req_buf`; a refused one ends
             // the loop (after the borrow of `req_buf` by `decode`).
             let buffered = req_buf.len();
-            let refused = match request::decode(&mut headers, &mut req_buf, stream) {
+            let refused = match request::decode(&mut headers[..allowed], &mut req_buf, stream) {
                 Ok(Some(req)) => Ok(req),
                 Ok(None) if buffered > max_head => Err(BadHead::TooLarge),
                 Ok(None) => break,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(BadHead::Malformed),
+                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => Err(BadHead::TooManyHeaders),
                 Err(e) => return Err(e),
             };
             let req = match refused {
@@ -337,7 +346,7 @@ fn each_connection_loop<T: HttpService>(stream: &mut TcpStream, mut service: T) 
         if read_cnt > 0 {
             loop {
                 let mut headers = [MaybeUninit::uninit(); request::MAX_HEADERS];
-                let req = match request::decode(&mut headers, &mut req_buf, stream)? {
+                let req = match request::decode(&mut headers[..], &mut req_buf, stream)? {
                     Some(req) => req,
                     None => break,
                 };

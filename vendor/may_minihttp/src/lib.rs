@@ -7,5 +7,5 @@ mod request;
 mod response;
 
 pub use http_server::{BadHead, HttpServer, HttpService, HttpServiceFactory};
-pub use request::{BodyReader, Request};
+pub use request::{BodyReader, Request, HEADER_CAPACITY};
 pub use response::Response;

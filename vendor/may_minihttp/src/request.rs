@@ -4,6 +4,10 @@ use std::mem::MaybeUninit;
 
 pub(crate) const MAX_HEADERS: usize = 16;
 
+/// weixin-robot: room for request headers on the connection's stack (32 bytes each); the
+/// service's `max_headers` (at most this) is what a request may carry.
+pub const HEADER_CAPACITY: usize = 64;
+
 use bytes::{Buf, BufMut, BytesMut};
 use may::net::TcpStream;
 
@@ -151,7 +155,7 @@ impl<'buf, 'header, 'stream> fmt::Debug for Request<'buf, 'header, 'stream> {
 }
 
 pub fn decode<'header, 'buf, 'stream>(
-    headers: &'header mut [MaybeUninit<httparse::Header<'buf>>; MAX_HEADERS],
+    headers: &'header mut [MaybeUninit<httparse::Header<'buf>>],
     req_buf: &'buf mut BytesMut,
     stream: &'stream mut TcpStream,
 ) -> io::Result<Option<Request<'buf, 'header, 'stream>>> {
@@ -163,9 +167,14 @@ pub fn decode<'header, 'buf, 'stream>(
         Ok(s) => s,
         Err(e) => {
             // weixin-robot: no eprintln (an untimestamped stderr line per bad request); the
-            // caller answers it. `InvalidData` tells it apart from socket errors.
+            // caller answers it. `InvalidData` tells it apart from socket errors, and
+            // `OutOfMemory` marks more headers than the service allows.
+            let kind = match e {
+                httparse::Error::TooManyHeaders => io::ErrorKind::OutOfMemory,
+                _ => io::ErrorKind::InvalidData,
+            };
             let msg = format!("failed to parse http request: {e:?}");
-            return err(io::Error::new(io::ErrorKind::InvalidData, msg));
+            return err(io::Error::new(kind, msg));
         }
     };
 
