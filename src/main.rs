@@ -25,6 +25,7 @@ mod render;
 mod robots;
 mod routing;
 mod server;
+mod stack_trim;
 mod template;
 mod time;
 mod values;
@@ -184,6 +185,9 @@ fn serve(config: &Config, raw: RawArgs, signals: &Signals) -> Result<(), Failure
     );
 
     loop {
+        // This thread only waits for signals from here: give back the stack start-up (or the
+        // last reload) touched.
+        stack_trim::release_unused_main_stack();
         match signals.wait() {
             libc::SIGHUP => match app.fleet.reload() {
                 Ok(summary) => log::info!("configuration reloaded (SIGHUP) {summary}"),

@@ -620,3 +620,31 @@ fn a_flood_of_duplicates_logs_a_line_a_second() {
         .metrics()
         .contains(&format!("weixin_robot_dedup_hits_total{{robot=\"default\"}} {posted}")));
 }
+
+/// The main thread's stack pages that start-up touched (about 160 KiB) are given back once it
+/// only waits for signals, and again after a reload: idle RSS (#18) counts them.
+#[test]
+fn the_start_up_stack_is_given_back() {
+    let stack_rss_kib = |pid: u32| -> u64 {
+        let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+        let mut in_stack = false;
+        for line in smaps.lines() {
+            if line.contains('-') && line.split_whitespace().count() >= 5 {
+                in_stack = line.ends_with("[stack]");
+            } else if in_stack && line.starts_with("Rss:") {
+                return line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        }
+        0
+    };
+    let fake = FakeWeCom::start();
+    let dir = TempDir::new("stack-trim");
+    let relay =
+        Relay::start(&["--key", &fake.url(), "--state-dir", dir.path().to_str().expect("utf8")]);
+    let pid = relay.child.id();
+    wait_until(Duration::from_secs(5), "the main stack trimmed", || stack_rss_kib(pid) <= 64);
+    relay.signal("HUP");
+    wait_until(Duration::from_secs(5), "trimmed again after a reload", || {
+        relay.logs().contains("configuration reloaded") && stack_rss_kib(pid) <= 64
+    });
+}
