@@ -642,14 +642,21 @@ fn durable_storm(fake: &FakeWeCom, state: &str) -> (Relay, Vec<String>, Vec<&'st
     all.extend(args.iter().map(|a| a.to_string()));
     let refs: Vec<&str> = all.iter().map(String::as_str).collect();
     let relay = Relay::start(&refs);
+    let fps = post_storm(&relay, "d", "DurableTest");
+    (relay, fps, args)
+}
+
+/// Posts 10 groups (`{prefix}0` …) of 30 firing alerts named `alertname`, fingerprints
+/// `{prefix}{group}x{i}`; returns the fingerprints.
+pub fn post_storm(relay: &Relay, prefix: &str, alertname: &str) -> Vec<String> {
     let mut fps = Vec::new();
     for g in 0..10 {
-        let group: Vec<String> = (0..30).map(|i| format!("d{g}x{i}")).collect();
-        let alerts: Vec<A> = group.iter().map(|fp| A(fp, "firing", "DurableTest")).collect();
-        assert_eq!(relay.post(&payload(&format!("durable{g}"), &alerts)).status, 200);
+        let group: Vec<String> = (0..30).map(|i| format!("{prefix}{g}x{i}")).collect();
+        let alerts: Vec<A> = group.iter().map(|fp| A(fp, "firing", alertname)).collect();
+        assert_eq!(relay.post(&payload(&format!("{prefix}-storm{g}"), &alerts)).status, 200);
         fps.extend(group);
     }
-    (relay, fps, args)
+    fps
 }
 
 fn restart(fake: &FakeWeCom, state: &str, args: &[&str]) -> Relay {
@@ -659,20 +666,24 @@ fn restart(fake: &FakeWeCom, state: &str, args: &[&str]) -> Relay {
     Relay::start(&refs)
 }
 
-/// Every alert in a delivered message or in a file whose file message was delivered.
-fn all_told(fake: &FakeWeCom, fps: &[String]) -> bool {
+/// The text of every uploaded file whose file message was delivered.
+fn delivered_files(fake: &FakeWeCom) -> String {
     let uploads = fake.uploads();
-    let delivered = fake.delivered();
     let mut text = String::new();
-    for r in &delivered {
-        text.push_str(r.content());
-        if r.msgtype() == "file" {
-            let id = r.body["file"]["media_id"].as_str().unwrap_or("");
-            if let Some(u) = uploads.iter().find(|u| u.media_id == id) {
-                text.push_str(&String::from_utf8_lossy(&u.data));
-            }
+    for r in fake.delivered().iter().filter(|r| r.msgtype() == "file") {
+        let id = r.body["file"]["media_id"].as_str().unwrap_or("");
+        if let Some(u) = uploads.iter().find(|u| u.media_id == id) {
+            text.push_str(&String::from_utf8_lossy(&u.data));
         }
     }
+    text
+}
+
+/// Every alert in a delivered message or in a file whose file message was delivered (a file
+/// row has the description, `fp=…`; a message line the instance).
+pub fn all_told(fake: &FakeWeCom, fps: &[String]) -> bool {
+    let mut text: String = fake.delivered().iter().map(|r| r.content()).collect();
+    text.push_str(&delivered_files(fake));
     fps.iter().all(|fp| {
         text.contains(&format!("fp={fp} ")) || text.contains(&format!("instance={fp}.example"))
     })
@@ -687,15 +698,8 @@ fn calm_args(args: &[&'static str]) -> Vec<&'static str> {
 /// Alerts of `durable_storm` told both in a delivered file and in a message other than the
 /// digest: a group that saw them twice.
 fn told_twice(fake: &FakeWeCom, fps: &[String]) -> Vec<String> {
-    let uploads = fake.uploads();
     let delivered = fake.delivered();
-    let mut file = String::new();
-    for r in delivered.iter().filter(|r| r.msgtype() == "file") {
-        let id = r.body["file"]["media_id"].as_str().unwrap_or("");
-        if let Some(u) = uploads.iter().find(|u| u.media_id == id) {
-            file.push_str(&String::from_utf8_lossy(&u.data));
-        }
-    }
+    let file = delivered_files(fake);
     let messages: Vec<&str> =
         delivered.iter().map(|r| r.content()).filter(|c| !c.contains("告警汇总")).collect();
     fps.iter()

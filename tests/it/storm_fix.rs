@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::storm::{all_told, post_storm};
 use crate::util::{payload, run_to_exit, wait_until, FakeWeCom, Relay, TempDir, A};
 
 /// Starts a relay on `fake` whose storm only a digest can tell (2 messages per 2 s,
@@ -26,32 +27,8 @@ fn storm(fake: &FakeWeCom, extra: &[&str]) -> (Relay, Vec<String>) {
     ];
     args.extend_from_slice(extra);
     let relay = Relay::start(&args);
-    let mut fps = Vec::new();
-    for g in 0..10 {
-        let group: Vec<String> = (0..30).map(|i| format!("s{g}x{i}")).collect();
-        let alerts: Vec<A> = group.iter().map(|fp| A(fp, "firing", "StormFix")).collect();
-        assert_eq!(relay.post(&payload(&format!("storm{g}"), &alerts)).status, 200);
-        fps.extend(group);
-    }
+    let fps = post_storm(&relay, "s", "StormFix");
     (relay, fps)
-}
-
-/// Every alert of `fps` is in a delivered message or in a file whose file message was
-/// delivered.
-fn all_told(fake: &FakeWeCom, fps: &[String]) -> bool {
-    let uploads = fake.uploads();
-    let mut text = String::new();
-    for r in fake.delivered() {
-        text.push_str(r.content());
-        let id = r.body["file"]["media_id"].as_str().unwrap_or("");
-        if let Some(u) = uploads.iter().find(|u| u.media_id == id) {
-            text.push_str(&String::from_utf8_lossy(&u.data));
-        }
-    }
-    // A file row has the description (`fp=…`), a compact line the instance.
-    fps.iter().all(|fp| {
-        text.contains(&format!("fp={fp} ")) || text.contains(&format!("instance={fp}.example"))
-    })
 }
 
 /// Digest messages that reached WeCom (accepted or not).
