@@ -28,6 +28,7 @@ mod server;
 mod stack_trim;
 mod template;
 mod time;
+mod tls;
 mod values;
 mod wecom;
 
