@@ -25,6 +25,7 @@ mod render;
 mod robots;
 mod routing;
 mod server;
+mod sort;
 mod stack_trim;
 mod template;
 mod time;
