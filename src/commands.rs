@@ -15,6 +15,7 @@ use crate::intake;
 use crate::outbox::split::{cut_utf8, split};
 use crate::render;
 use crate::robots::RobotConfig;
+use crate::sort;
 use crate::time::TzOffset;
 use crate::time::{format_time, Timestamp};
 use crate::wecom::{self, SendError};
@@ -190,7 +191,7 @@ fn messages_for(
                 a.labels.get("alertname").or_else(|| payload.common_labels.get("alertname"))
             })
             .collect();
-        names.sort_unstable();
+        sort::sort(&mut names);
         names.dedup();
         let firing = payload.alerts.iter().filter(|a| a.status == Status::Firing).count();
         let text = format!("【告警通知】{firing} 条告警待处理: {}", names.join(", "));

@@ -23,6 +23,7 @@ use crate::alertmanager::{Payload, Status};
 use crate::digest::{items, severity_rank, Item};
 use crate::outbox::split::cut_utf8;
 use crate::render::{escape, Document, Section};
+use crate::sort;
 use crate::template::{Crowd, Template};
 use crate::time::{format_time, Timestamp, TzOffset};
 
@@ -57,7 +58,7 @@ fn label_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<Strin
     let rank = |k: &str| {
         IDENTIFYING_LABELS.iter().position(|n| *n == k).unwrap_or(IDENTIFYING_LABELS.len())
     };
-    pairs.sort_by_key(|(k, _)| rank(k));
+    sort::sort_by_key(&mut pairs, |(k, _)| rank(k));
     pairs
         .iter()
         .map(|(k, v)| {
@@ -153,7 +154,7 @@ pub fn sections(
         let rank = |c: &[Item]| {
             c.iter().map(|i| severity_rank(i.label("severity").unwrap_or(""))).min().unwrap_or(5)
         };
-        crowds.sort_by_key(|(name, c)| (rank(c), std::cmp::Reverse(c.len()), *name));
+        sort::sort_by_key(&mut crowds, |(name, c)| (rank(c), std::cmp::Reverse(c.len()), *name));
         let count: usize = crowds.iter().map(|(_, c)| c.len()).sum();
         let (title, colour) = match status {
             Status::Firing => ("告警通知", "warning"),
@@ -186,7 +187,7 @@ fn crowd_blocks(name: &str, crowd: &[Item], look: &Look, out: &mut Vec<Block>) {
         .flat_map(|i| i.alert.labels.0.iter().map(|(k, _)| k.clone()))
         .filter(|k| k != "alertname")
         .collect();
-    label_names.sort();
+    sort::sort(&mut label_names);
     label_names.dedup();
     let label = |i: &Item, n: &str| i.label(n).map(str::to_string);
     let shared_labels = shared(crowd, label, &label_names);
@@ -256,7 +257,7 @@ fn crowd_blocks(name: &str, crowd: &[Item], look: &Look, out: &mut Vec<Block>) {
     };
 
     let mut sorted: Vec<&Item> = crowd.iter().collect();
-    sorted.sort_by_key(|i| i.alert.starts_at);
+    sort::sort_by_key(&mut sorted, |i| i.alert.starts_at);
     let mut block = head;
     let mut shown = Vec::new();
     let mut lines_in_block = 0;

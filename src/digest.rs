@@ -27,6 +27,7 @@ use std::time::Duration;
 use crate::alertmanager::{Alert, Payload, Status};
 use crate::outbox::split::cut_utf8;
 use crate::render::{escape, safe_url, Document, Section};
+use crate::sort;
 use crate::time::{format_time, Timestamp, TzOffset};
 use crate::values::Rate;
 
@@ -138,7 +139,7 @@ fn totals(items: &[Item]) -> Vec<((Status, String, String), usize)> {
             (rank, (status, name, severity), n)
         })
         .collect();
-    rows.sort_by(|a, b| {
+    sort::sort_by(&mut rows, |a, b| {
         (a.1 .0 == Status::Resolved, a.0, std::cmp::Reverse(a.2), &a.1 .1).cmp(&(
             b.1 .0 == Status::Resolved,
             b.0,
@@ -225,7 +226,7 @@ pub fn digest(groups: &[Payload], tz: TzOffset, file: &str, limit: usize) -> Doc
 
     // The newest changes: reserve their room first (they are short and bounded).
     let mut newest: Vec<&Item> = items.iter().collect();
-    newest.sort_by_key(|i| std::cmp::Reverse(i.changed_at()));
+    sort::sort_by_key(&mut newest, |i| std::cmp::Reverse(i.changed_at()));
     let mut newest_block = Block::new("**最新变化**".into());
     let newest_max = room.min(limit / 4).saturating_sub(2);
     for item in newest.iter().take(NEWEST_NAMED) {
@@ -354,7 +355,7 @@ pub fn full_list_listed(
         "\n| 状态 | 告警名称 | 级别 | 标签 | 开始时间 | 结束时间 | 摘要 | 详情 | 链接 |\n\
          |---|---|---|---|---|---|---|---|---|\n",
     );
-    items.sort_by(|a, b| {
+    sort::sort_by(&mut items, |a, b| {
         let key = |i: &Item| {
             let severity = i.label("severity").unwrap_or("");
             (i.alert.status == Status::Resolved, severity_rank(severity), i.alert.starts_at)
@@ -459,7 +460,7 @@ pub fn capacity(rate: Rate, sent_ago: &[Duration], within: Duration) -> u64 {
     let within = within.as_nanos() as i128;
     let mut log: Vec<i128> =
         sent_ago.iter().map(|d| -(d.as_nanos() as i128)).filter(|t| *t > -span).collect();
-    log.sort_unstable();
+    sort::sort(&mut log);
     // Runs of sends at the same time, `(time, count)`: the sends that fit at one instant are
     // counted at once, not pushed one by one (with a lifted budget such as 1000000/1s that was
     // a 16 MB deque built on every storm check of the sender).

@@ -29,6 +29,7 @@ use crate::outbox::spool::fnv1a64;
 use crate::outbox::{spool::Spool, Limits, Outbox};
 use crate::robots::RobotConfig;
 use crate::routing::{Robot, Robots};
+use crate::sort;
 use crate::wecom::{self, WebhookUrl};
 
 type Current = Arc<RwLock<Arc<Robots>>>;
@@ -410,7 +411,7 @@ fn park_unconfigured(config: &Config) -> Result<HashMap<String, Arc<Outbox>>, St
             }
         }
     }
-    names.sort();
+    sort::sort(&mut names);
     for name in names {
         if config.robots.iter().any(|r| r.name == name) {
             continue;

@@ -214,8 +214,13 @@ pub fn structured(format: LogFormat, ts: &str, level: &str, text: &str) -> Strin
     }));
     match format {
         LogFormat::Json => {
-            let map: serde_json::Map<String, serde_json::Value> =
-                all.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
+            // Inserted one by one, not collected: `collect` into the map sorts first, with a
+            // copy of the standard sort of its own (#18, binary size). A later equal key wins
+            // either way.
+            let mut map = serde_json::Map::new();
+            for (k, v) in all {
+                map.insert(k, serde_json::Value::String(v));
+            }
             serde_json::Value::Object(map).to_string()
         }
         _ => {

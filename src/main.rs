@@ -25,9 +25,11 @@ mod render;
 mod robots;
 mod routing;
 mod server;
+mod sort;
 mod stack_trim;
 mod template;
 mod time;
+mod tls;
 mod values;
 mod wecom;
 

@@ -15,6 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::wecom::SendError;
 
+mod num;
+use num::{Millis, Shortest};
+
 static NOTIFICATIONS_FIRING: AtomicU64 = AtomicU64::new(0);
 static NOTIFICATIONS_RESOLVED: AtomicU64 = AtomicU64::new(0);
 static ALERTS_FIRING: AtomicU64 = AtomicU64::new(0);
@@ -168,13 +171,16 @@ fn write_histograms(
     for (robot, h) in per_robot {
         let robot = label(robot);
         for (i, bound) in buckets.iter().enumerate() {
+            let bound = Shortest(*bound);
             let _ =
                 writeln!(out, "{name}_bucket{{robot=\"{robot}\",le=\"{bound}\"}} {}", h.counts[i]);
         }
         let _ = writeln!(
             out,
             "{name}_bucket{{robot=\"{robot}\",le=\"+Inf\"}} {}\n{name}_sum{{robot=\"{robot}\"}} {}\n{name}_count{{robot=\"{robot}\"}} {}",
-            h.count, h.sum, h.count
+            h.count,
+            Shortest(h.sum),
+            h.count
         );
     }
 }
@@ -361,7 +367,7 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
                 "weixin_robot_outbox_bytes" => g.bytes as f64,
                 _ => g.oldest_age.as_secs_f64(),
             };
-            let _ = writeln!(out, "{name}{{robot=\"{}\"}} {value}", label(&g.robot));
+            let _ = writeln!(out, "{name}{{robot=\"{}\"}} {}", label(&g.robot), Shortest(value));
         }
     }
 
@@ -400,10 +406,11 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
         "# HELP {name} Unix time WeCom last accepted a message, by robot.\n# TYPE {name} gauge"
     );
     for (robot, at) in LAST_DELIVERY.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let _ = writeln!(out, "{name}{{robot=\"{}\"}} {at:.3}", label(robot));
+        let _ = writeln!(out, "{name}{{robot=\"{}\"}} {}", label(robot), Millis(*at));
     }
 
     let (ok, at) = *RELOAD.lock().unwrap_or_else(|p| p.into_inner());
+    let at = Millis(at);
     let _ = writeln!(
         out,
         "# HELP weixin_robot_config_last_reload_successful Whether the last configuration load succeeded.\n\
@@ -411,7 +418,7 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
          weixin_robot_config_last_reload_successful {}\n\
          # HELP weixin_robot_config_last_reload_success_timestamp_seconds Unix time of the last successful configuration load.\n\
          # TYPE weixin_robot_config_last_reload_success_timestamp_seconds gauge\n\
-         weixin_robot_config_last_reload_success_timestamp_seconds {at:.3}",
+         weixin_robot_config_last_reload_success_timestamp_seconds {at}",
         u8::from(ok)
     );
 
@@ -426,10 +433,21 @@ pub fn render(gauges: &[Gauges], connections: usize) -> String {
     out
 }
 
+/// A field of /proc/self/stat as a number: they are whole numbers (signed for a few), the
+/// state letter counts as 0. Not `str::parse::<f64>`, whose parser is 15 kB of the static
+/// binary (#18); a whole number below 2^64 converts to the same `f64`.
+fn whole_number(field: &str) -> f64 {
+    match field.parse::<u64>() {
+        Ok(n) => n as f64,
+        Err(_) => field.parse::<i64>().map_or(0.0, |n| n as f64),
+    }
+}
+
 /// The standard `process_*` metrics (as Prometheus client libraries export them), from
 /// /proc/self. Missing files (not Linux) leave them out rather than report zeros.
 fn process(out: &mut String) {
     let gauge = |out: &mut String, name: &str, kind: &str, help: &str, value: f64| {
+        let value = Shortest(value);
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     };
     // SAFETY: sysconf and getrlimit only read process parameters into locals.
@@ -446,11 +464,14 @@ fn process(out: &mut String) {
     // Fields after the command name (which may hold spaces), starting at field 3 (state).
     let fields: Vec<f64> = stat
         .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().map(|f| f.parse().unwrap_or(0.0)).collect())
+        .map(|(_, rest)| rest.split_whitespace().map(whole_number).collect())
         .unwrap_or_default();
     let field = |n: usize| fields.get(n - 3).copied();
     let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-        s.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse::<f64>().ok())
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|v| v as f64)
     });
     if let (Some(utime), Some(stime)) = (field(14), field(15)) {
         if ticks > 0.0 {

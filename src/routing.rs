@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use crate::alertmanager::{Payload, Status};
 use crate::config_file::{MentionEntry, MentionRule};
 use crate::outbox::Outbox;
+use crate::sort;
 
 pub struct Robot {
     pub name: String,
@@ -145,9 +146,9 @@ pub fn mentions(
             }
         }
     }
-    out.users.sort();
+    sort::sort(&mut out.users);
     out.users.dedup();
-    out.mobiles.sort();
+    sort::sort(&mut out.mobiles);
     out.mobiles.dedup();
     out
 }

@@ -39,7 +39,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         let (num, after) = rest.split_at(num_end);
         let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_end);
-        let value: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration ({UNITS})"))?;
+        let value = decimal(num).ok_or_else(|| format!("{s:?} is not a duration ({UNITS})"))?;
         let scale = match unit {
             "ms" => 0.001,
             "s" => 1.0,
@@ -57,6 +57,144 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `num.parse::<f64>()` for a `num` of ASCII digits and dots, as `parse_duration` has it:
+/// the nearest `f64` (ties to even), `None` unless it is DIGITS, DIGITS., .DIGITS or
+/// DIGITS.DIGITS. Not `str::parse`, whose float parser and tables are 16 kB of the static
+/// binary (#18). Exact: small values as (whole number) / 10^k (both exact in an `f64`, so the
+/// division rounds once), the rest with big-integer arithmetic. Only a subnormal result
+/// (below 2.2e-308 s) may round twice, which no duration can tell.
+fn decimal(num: &str) -> Option<f64> {
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    let (whole, fraction) = num.split_once('.').unwrap_or((num, ""));
+    if fraction.contains('.') || (whole.is_empty() && fraction.is_empty()) {
+        return None;
+    }
+    if !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let fraction = fraction.trim_end_matches('0');
+    let k = fraction.len();
+    let digits: String = whole.chars().chain(fraction.chars()).skip_while(|&c| c == '0').collect();
+    if digits.is_empty() {
+        return Some(0.0);
+    }
+    if let Ok(w) = digits.parse::<u64>() {
+        if w < 1 << 53 && k < POW10.len() {
+            return Some(w as f64 / POW10[k]);
+        }
+    }
+    // value = W / 10^k. Q = floor(W × 2^s / 10^k) with 2^56 <= Q < 2^62; then Q rounded to
+    // 53 bits, times 2^-s.
+    let estimate = (digits.len() as i64 - k as i64 - 1) * 3_321_928_094 / 1_000_000_000;
+    let s = 57 - estimate; // estimate may be 1 too high or low: Q keeps 55 to 62 bits
+    let mut n = BigUint::from_digits(&digits);
+    let mut sticky = false;
+    if s >= 0 {
+        for _ in 0..s {
+            n.mul_small(2);
+        }
+    } else {
+        for _ in 0..-s {
+            sticky |= n.div_small(2) != 0;
+        }
+    }
+    for _ in 0..k {
+        sticky |= n.div_small(10) != 0;
+    }
+    let q = n.to_u64()?;
+    let extra = (64 - q.leading_zeros()).saturating_sub(53);
+    let mut mantissa = q >> extra;
+    let rest = q & ((1 << extra) - 1);
+    let half = 1u64 << extra >> 1;
+    let mut exponent = extra as i64 - s;
+    if extra > 0 && (rest > half || (rest == half && (sticky || mantissa & 1 == 1))) {
+        mantissa += 1;
+        if mantissa == 1 << 53 {
+            mantissa >>= 1;
+            exponent += 1;
+        }
+    }
+    // mantissa × 2^exponent, through exact powers of two.
+    let mut value = mantissa as f64;
+    while exponent > 0 {
+        let step = exponent.min(1000);
+        value *= f64::from_bits(((step + 1023) as u64) << 52);
+        exponent -= step;
+    }
+    while exponent < 0 {
+        let step = (-exponent).min(1000);
+        value *= f64::from_bits(((1023 - step) as u64) << 52);
+        exponent += step;
+    }
+    Some(value)
+}
+
+/// A non-negative integer in base 10^9 limbs, least significant first, for [`decimal`].
+struct BigUint(Vec<u64>);
+
+impl BigUint {
+    const BASE: u64 = 1_000_000_000;
+
+    fn from_digits(digits: &str) -> BigUint {
+        let mut n = BigUint(Vec::new());
+        for d in digits.bytes() {
+            n.mul_small(10);
+            n.add_small(u64::from(d - b'0'));
+        }
+        n
+    }
+
+    fn mul_small(&mut self, factor: u64) {
+        let mut carry = 0;
+        for limb in &mut self.0 {
+            let x = *limb * factor + carry;
+            *limb = x % Self::BASE;
+            carry = x / Self::BASE;
+        }
+        if carry > 0 {
+            self.0.push(carry);
+        }
+    }
+
+    fn add_small(&mut self, mut carry: u64) {
+        for limb in &mut self.0 {
+            let x = *limb + carry;
+            *limb = x % Self::BASE;
+            carry = x / Self::BASE;
+            if carry == 0 {
+                return;
+            }
+        }
+        if carry > 0 {
+            self.0.push(carry);
+        }
+    }
+
+    /// Divides in place (rounding down) and returns the remainder.
+    fn div_small(&mut self, divisor: u64) -> u64 {
+        let mut rem = 0;
+        for limb in self.0.iter_mut().rev() {
+            let x = rem * Self::BASE + *limb;
+            *limb = x / divisor;
+            rem = x % divisor;
+        }
+        while self.0.last() == Some(&0) {
+            self.0.pop();
+        }
+        rem
+    }
+
+    fn to_u64(&self) -> Option<u64> {
+        self.0
+            .iter()
+            .rev()
+            .try_fold(0u64, |acc, &limb| acc.checked_mul(Self::BASE)?.checked_add(limb))
+    }
 }
 
 /// `4096`, `64KiB`, `4MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
@@ -104,5 +242,38 @@ mod tests {
         assert!(Rate::parse("0/60s").is_err());
         assert_eq!(parse_bytes("4MiB"), Ok(4 << 20));
         assert_eq!(parse_bytes("4096"), Ok(4096));
+    }
+
+    /// `decimal` is `str::parse::<f64>` on what `parse_duration` hands it.
+    #[test]
+    fn decimals_parse_as_std_parses_them() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut cases: Vec<String> = [
+            "", ".", "..", "1.2.3", "0", "00", "5.", ".5", "0.1", "0.3", "1.5", "007.50",
+            "9007199254740993", "9007199254740992.5", "9007199254740993.0000000000001",
+            "123456789012345678901234567890", "0.000000000000000000000000000001",
+            "1000000000.0000000001", "179769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497791",
+            "2.4703282292062327208828439643411068618252990130716238221279284125033775363510437593264991818081799618989828234772285886546332835517796989819938739800539093906315035659515570226392290858392449105184435931802849936536152500319370457678249219365623669863658480757001585769269903706311928279558551332927834338409351978015531246597263579574622766465272827220056374006485499977096599470454020828166226237857393450736339007967761930577506740176324673600968951340535537458516661134223766678604162159680461914467291840300530057530849048765391711386591646239524912623653881879636239373280423891018672348497668235089863388587925628302755995657524455507255189313690836254779186948667994968324049705821028513185451396213837722826145437693412532098591327667236328125e-324",
+        ]
+        .iter()
+        .map(|s| s.trim_end_matches("e-324").to_string())
+        .collect();
+        for _ in 0..20_000 {
+            let len = 1 + next() % 40;
+            let mut t: String = (0..len).map(|_| char::from(b'0' + (next() % 10) as u8)).collect();
+            if next() % 4 != 0 {
+                t.insert((next() % (len + 1)) as usize, '.');
+            }
+            cases.push(t);
+        }
+        for t in cases {
+            assert_eq!(decimal(&t), t.parse::<f64>().ok(), "{t:?}");
+        }
     }
 }

@@ -287,6 +287,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(timeout: Duration, ca_file: Option<&Path>) -> Result<Client, String> {
+        crate::tls::install();
         let mut extra_roots = Vec::new();
         if let Some(path) = ca_file {
             for cert in CertificateDer::pem_file_iter(path)
