@@ -17,6 +17,7 @@ mod intake;
 mod key_param;
 mod log_throttle;
 mod logger;
+mod memcpy;
 mod metrics;
 mod outbox;
 mod proctitle;

@@ -214,6 +214,11 @@ fn authorization<'a>(req: &'a Request) -> Option<&'a [u8]> {
 }
 
 impl HttpService for Conn {
+    // Not inlined into may_minihttp's connection loop: that loop's frame is what an idle
+    // connection's coroutine stack holds, and with the request handling inlined it was 11 KiB,
+    // every page of it probed (touched) on entry: 20 KiB resident per idle connection instead
+    // of 12 (#18: ≤ 16 KiB per idle connection; BENCHMARKS.md "Hostile clients").
+    #[inline(never)]
     fn call(&mut self, req: Request, rsp: &mut Response) -> io::Result<()> {
         if self.closed {
             return Ok(());
