@@ -26,6 +26,19 @@ fn main() {
                 }
             })
         });
+    // The static x86_64 binary copies small sizes itself (src/memcpy.rs): `--wrap=memcpy` sends
+    // every memcpy call to `__wrap_memcpy`. Given here rather than in .cargo/config.toml so it
+    // reaches this package's binary only (tests and benches built for the target do not define
+    // the symbol), holds when RUSTFLAGS replaces the config's flags, and comes with the cfg
+    // that compiles the wrapper: never one without the other. Optimised builds only: unoptimised
+    // code may turn the wrapper's fixed-size loads back into memcpy calls.
+    println!("cargo::rustc-check-cfg=cfg(wrap_memcpy)");
+    println!("cargo:rerun-if-env-changed=OPT_LEVEL");
+    let optimised = std::env::var("OPT_LEVEL").is_ok_and(|level| level != "0");
+    if target == "x86_64-unknown-linux-musl" && optimised {
+        println!("cargo:rustc-cfg=wrap_memcpy");
+        println!("cargo:rustc-link-arg-bins=-Wl,--wrap=memcpy");
+    }
     println!("cargo:rustc-env=WEIXIN_ROBOT_TARGET={target}");
     println!(
         "cargo:rustc-env=WEIXIN_ROBOT_GIT_REVISION={}",

@@ -118,21 +118,15 @@ end
             .to_string()
     };
     // "  123456 requests in 3.00s, 12.34MB read"
-    let (total, elapsed) = text
+    let total = text
         .lines()
-        .find_map(|l| {
-            let (n, rest) = l.trim().split_once(" requests in ")?;
-            let secs = rest.split(',').next()?;
-            Some((n.parse::<u64>().ok()?, millis(secs) / 1000.0))
-        })
-        .unwrap_or((0, f64::NAN));
+        .find_map(|l| l.trim().split_once(" requests in ")?.0.parse::<u64>().ok())
+        .unwrap_or(0);
     let non_2xx = find("Non-2xx or 3xx responses:").parse().unwrap_or(0);
-    WrkResult {
-        rps: find("Requests/sec:").parse().unwrap_or(0.0),
-        p99_ms: millis(&find("99%")),
-        non_2xx,
-        ok_rps: total.saturating_sub(non_2xx) as f64 / elapsed,
-    }
+    let rps: f64 = find("Requests/sec:").parse().unwrap_or(0.0);
+    let ok_share =
+        if total > 0 { total.saturating_sub(non_2xx) as f64 / total as f64 } else { 0.0 };
+    WrkResult { rps, p99_ms: millis(&find("99%")), non_2xx, ok_rps: rps * ok_share }
 }
 
 /// The median run by requests per second, with the median p99 of the runs.

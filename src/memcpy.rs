@@ -7,7 +7,8 @@
 //! was the largest user-space item of the static binary's profile (8%, 78% of it on the
 //! `rep movsq` and its tail; BENCHMARKS.md #18), where glibc's build pays a fraction of that.
 //!
-//! The x86_64 musl build links with `-Wl,--wrap=memcpy` (`.cargo/config.toml`): every call to
+//! The optimised x86_64 musl build links with `-Wl,--wrap=memcpy` and sets `cfg(wrap_memcpy)`
+//! (`build.rs`, both or neither): every call to
 //! `memcpy`, ours, std's and musl's own, comes to `__wrap_memcpy` below, which copies up to
 //! 128 bytes with a fixed number of unaligned loads and stores and hands anything larger to
 //! musl's (`__real_memcpy`), unchanged. No loops: a copying loop could be turned back into a
@@ -19,7 +20,7 @@
 ///
 /// # Safety
 /// As `memcpy`: `src` readable and `dst` writable for `n` bytes, the ranges not overlapping.
-#[cfg_attr(not(any(test, all(target_arch = "x86_64", target_env = "musl"))), allow(dead_code))]
+#[cfg_attr(not(any(test, wrap_memcpy)), allow(dead_code))]
 #[inline(always)]
 pub unsafe fn copy_small(dst: *mut u8, src: *const u8, n: usize) -> bool {
     use core::ptr::{read_unaligned as load, write_unaligned as store};
@@ -78,7 +79,7 @@ pub unsafe fn copy_small(dst: *mut u8, src: *const u8, n: usize) -> bool {
     true
 }
 
-#[cfg(all(target_arch = "x86_64", target_env = "musl"))]
+#[cfg(wrap_memcpy)]
 mod wrap {
     extern "C" {
         /// musl's own `memcpy`, under the name `--wrap` gives it.

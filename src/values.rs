@@ -21,6 +21,9 @@ impl Rate {
     }
 }
 
+/// Longest number `parse_duration` reads, in characters (digits and the dot).
+const MAX_NUMBER_LEN: usize = 64;
+
 /// Go and Alertmanager style: `500ms`, `10s`, `1m30s`, `1h`, `1d`, `1w`, `1.5h`; `0` is zero.
 /// A bare number is refused: `60` could mean seconds or minutes, so it must say which.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -37,6 +40,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let num_end = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
         let (num, after) = rest.split_at(num_end);
+        // `decimal` is exact, in time quadratic in the digits: no duration needs more than a few.
+        if num.len() > MAX_NUMBER_LEN {
+            return Err(format!("{s:?} has a number longer than {MAX_NUMBER_LEN} characters"));
+        }
         let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_end);
         let value = decimal(num).ok_or_else(|| format!("{s:?} is not a duration ({UNITS})"))?;
@@ -235,6 +242,12 @@ mod tests {
         assert!(bare.contains("no unit") && bare.contains("ms, s, m, h, d or w"), "{bare}");
         assert!(parse_duration("10x").is_err_and(|e| e.contains("unknown unit")));
         assert!(parse_duration("").is_err());
+        // A number of 64 characters is read; a longer one is refused at once (a million zeros
+        // would cost `decimal` minutes).
+        let long = format!("0.{}1s", "0".repeat(61));
+        assert_eq!(parse_duration(&long), Ok(Duration::ZERO));
+        let huge = format!("1{}s", "0".repeat(1_000_000));
+        assert!(parse_duration(&huge).is_err_and(|e| e.contains("longer than 64 characters")));
         assert_eq!(
             Rate::parse("20/60s"),
             Ok(Rate { messages: 20, window: Duration::from_secs(60) })
