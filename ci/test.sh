@@ -56,6 +56,9 @@ for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
   WEIXIN_ROBOT_EXPECT_TARGET="$target" \
     cargo test --locked --test it smoke -- --nocapture
 done
+echo "== every integration test against the shipped static x86_64 binary (its own memcpy, LTO)"
+WEIXIN_ROBOT_BIN="$PWD/dist/weixin-robot-$version-x86_64-unknown-linux-musl" \
+  cargo test --locked --test it -- --include-ignored
 
 echo "== .deb and .rpm packages: lintian, rpm metadata, unit hardening, dpkg round trip"
 packaging/build-packages.sh

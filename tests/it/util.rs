@@ -32,6 +32,18 @@ pub fn relay_command() -> Command {
         None => Command::new(bin),
     }
 }
+/// True when the binary under test is cargo's debug build, which has the deliberate-panic hooks
+/// (`/-/debug/panic`, `WEIXIN_ROBOT_DEBUG_SENDER_PANIC`); release binaries given by
+/// `WEIXIN_ROBOT_BIN` have none, so the tests of those hooks are skipped for them.
+pub fn has_debug_hooks() -> bool {
+    let bin = std::env::var("WEIXIN_ROBOT_BIN").unwrap_or_else(|_| BIN.to_string());
+    let debug = bin == BIN && cfg!(debug_assertions);
+    if !debug {
+        eprintln!("skipped: {bin} has no debug hooks (a release build)");
+    }
+    debug
+}
+
 pub const SECRET: &str = "SeCrEtKeY-0123456789-abcdef";
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; panics with `what` on timeout.
