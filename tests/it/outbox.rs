@@ -282,6 +282,7 @@ fn alerts_of_an_unconfigured_robot_wait_and_are_delivered_when_it_returns() {
     assert_eq!(post(relay.addr, "/alertinfo/dba", &body("wait", &list, "Wait")).status, 200);
     wait_until(Duration::from_secs(10), "a failed try", || !dba.received().is_empty());
     relay.kill9();
+    dba.wait_idle();
 
     write_config(&dir, &format!("[robots.ops]\nkey = \"{}\"\n", ops.url()));
     dba.set_default(Behave::Ok);
@@ -341,6 +342,7 @@ fn a_failed_reload_leaves_a_parked_outbox_parked() {
     assert_eq!(post(relay.addr, "/alertinfo/dba", &body("park", &list, "Park")).status, 200);
     wait_until(Duration::from_secs(10), "a failed try", || !dba.received().is_empty());
     relay.kill9();
+    dba.wait_idle();
     write_config(&dir, &robot("ops", ops.url()));
     dba.set_default(Behave::Ok);
     let relay = Relay::start(&args);
@@ -458,6 +460,7 @@ fn kill_9_between_send_and_delete_repeats_at_most_once() {
     assert_eq!(relay.post(&body("short", &short, "Short")).status, 200);
     wait_until(Duration::from_secs(10), "short sent", || fake.received().len() == 1);
     relay.kill9();
+    fake.wait_idle();
     fake.set_default(Behave::Ok);
     let mut relay = Relay::start(&args);
     assert_eq!(relay.post(&body("long", &long, "Long")).status, 200);

@@ -37,6 +37,7 @@ fn kill_9_with_a_backlog_loses_nothing() {
     }
     wait_until(Duration::from_secs(10), "failures happening", || fake.received().len() >= 3);
     relay.kill9();
+    fake.wait_idle();
     assert!(fake.delivered().is_empty());
 
     fake.set_default(Behave::Ok);
@@ -102,8 +103,8 @@ fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 /// Three notifications in flight (WeCom failing), then the relay is killed and its segment
-/// edited before the next start.
-fn three_queued_then_killed(dir: &TempDir, args: &[&str]) -> Vec<u8> {
+/// edited before the next start; returns once the fake has answered all the dead relay sent.
+fn three_queued_then_killed(dir: &TempDir, fake: &FakeWeCom, args: &[&str]) -> Vec<u8> {
     let mut relay = Relay::start(args);
     for i in 0..3 {
         assert_eq!(
@@ -112,6 +113,7 @@ fn three_queued_then_killed(dir: &TempDir, args: &[&str]) -> Vec<u8> {
         );
     }
     relay.kill9();
+    fake.wait_idle();
     let files = segments(dir.path());
     assert_eq!(files.len(), 1, "one segment: {files:?}");
     std::fs::read(&files[0]).expect("read")
@@ -124,7 +126,7 @@ fn corrupt_spool_file_is_set_aside_and_the_rest_delivered() {
     let fake = FakeWeCom::start();
     fake.set_default(Behave::Http(500));
     let args = ["--key", &fake.url(), "--state-dir", &state, "--retry-initial", "20ms"];
-    let mut bytes = three_queued_then_killed(&dir, &args);
+    let mut bytes = three_queued_then_killed(&dir, &fake, &args);
     // Rot one byte of the second record's body.
     let second = bytes.windows(5).enumerate().filter(|(_, w)| w == b"WXR2 ").nth(1);
     let at = second.expect("a second frame").0 + 100;
@@ -153,7 +155,7 @@ fn a_torn_tail_after_kill_9_loses_nothing_acknowledged() {
     let fake = FakeWeCom::start();
     fake.set_default(Behave::Http(500));
     let args = ["--key", &fake.url(), "--state-dir", &state, "--retry-initial", "20ms"];
-    let mut bytes = three_queued_then_killed(&dir, &args);
+    let mut bytes = three_queued_then_killed(&dir, &fake, &args);
     // Half a frame written after the data, over the zeros written ahead of it.
     let second = bytes.windows(5).enumerate().filter(|(_, w)| w == b"WXR2 ").nth(1);
     let half = bytes[..second.expect("a second frame").0 / 2].to_vec();
@@ -221,6 +223,7 @@ fn kill_9_during_concurrent_intake_loses_no_acknowledged_notification() {
     let acked: Vec<String> = clients.into_iter().flat_map(|c| c.join().expect("client")).collect();
     assert!(acked.len() > 50, "{}", acked.len());
 
+    fake.wait_idle();
     fake.set_default(Behave::Ok);
     let _relay = Relay::start(&args);
     wait_until(Duration::from_secs(60), "every acknowledged notification delivered", || {

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -311,6 +311,10 @@ pub struct FakeWeCom {
     pub addr: SocketAddr,
     state: Arc<Mutex<FakeState>>,
     stop: Arc<AtomicBool>,
+    /// Connections being served, and polls of the accept queue that found it empty: together
+    /// they tell `wait_idle` that nothing a killed relay sent is still to be answered.
+    open: Arc<AtomicUsize>,
+    empty_polls: Arc<AtomicUsize>,
 }
 
 impl FakeWeCom {
@@ -361,15 +365,27 @@ impl FakeWeCom {
             file_errcode: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
+        let (open, empty_polls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         listener.set_nonblocking(true).expect("nonblocking");
         let (st, stop2) = (Arc::clone(&state), Arc::clone(&stop));
+        let (open2, polls2) = (Arc::clone(&open), Arc::clone(&empty_polls));
         thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let st = Arc::clone(&st);
                         let tls = tls.clone();
+                        open2.fetch_add(1, Ordering::SeqCst);
+                        let served = Arc::clone(&open2);
                         thread::spawn(move || {
+                            /// Counts the connection as served however the handler ends.
+                            struct Served(Arc<AtomicUsize>);
+                            impl Drop for Served {
+                                fn drop(&mut self) {
+                                    self.0.fetch_sub(1, Ordering::SeqCst);
+                                }
+                            }
+                            let _served = Served(served);
                             let _ = stream.set_nonblocking(false);
                             let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                             match tls {
@@ -384,13 +400,14 @@ impl FakeWeCom {
                         });
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        polls2.fetch_add(1, Ordering::SeqCst);
                         thread::sleep(Duration::from_millis(2));
                     }
                     Err(_) => break,
                 }
             }
         });
-        FakeWeCom { addr, state, stop }
+        FakeWeCom { addr, state, stop, open, empty_polls }
     }
 
     /// A webhook URL for the relay pointing here, with the test secret as key.
@@ -400,6 +417,27 @@ impl FakeWeCom {
 
     pub fn script(&self, behaviours: impl IntoIterator<Item = Behave>) {
         self.state.lock().expect("fake").script.extend(behaviours);
+    }
+
+    /// Waits until every request a relay sent has been answered: after `kill9` a request the
+    /// dead relay sent may still be read, and the behaviour it gets is chosen only then, so a
+    /// test switching the behaviour right away would race with it (a failure meant for the
+    /// killed relay answered as a delivery nobody saw). Two empty polls of the accept queue
+    /// after the call, then no connection being served.
+    pub fn wait_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let polls = self.empty_polls.load(Ordering::SeqCst);
+            while self.empty_polls.load(Ordering::SeqCst) < polls + 2 {
+                assert!(Instant::now() < deadline, "the fake's accept loop stopped");
+                thread::sleep(Duration::from_millis(1));
+            }
+            if self.open.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the fake still serves a connection after 10 s");
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn set_default(&self, b: Behave) {
