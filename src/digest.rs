@@ -754,13 +754,8 @@ mod tests {
     /// limits): the digest always fits and its rows and "另有" lines count every alert once.
     #[test]
     fn random_storms_always_fit_and_count_everything() {
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut rng = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
+        let mut next = move |n: usize| (rng() % n as u64) as usize;
         let pieces = ["a", "长", "🔥", "<", "|", "*", "\n", " ", "x_y", "Ünï"];
         for round in 0..40 {
             let mut word = |max: usize| -> String {

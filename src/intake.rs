@@ -431,13 +431,7 @@ mod tests {
         assert!(!bodies.is_empty());
         bodies.push(br#"{"alerts":[{"a":"\\"},{"b":"\"x"},"\\\"",[],{}],"x":"alerts"}"#.to_vec());
         bodies.push(br#"{"alerts":[{},"unterminated \"#.to_vec());
-        let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
         let mut checked = 0;
         for seed in &bodies {
             for round in 0..300 {
@@ -520,13 +514,7 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .unwrap_or(2);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
-        let mut rng: u64 = 0x853c_49e6_748f_ea9b;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = crate::test_rng::xorshift(0x853c_49e6_748f_ea9b);
         fn random_value(next: &mut impl FnMut() -> u64) -> Value {
             match next() % 9 {
                 0 => Value::Null,

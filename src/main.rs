@@ -29,6 +29,8 @@ mod server;
 mod sort;
 mod stack_trim;
 mod template;
+#[cfg(test)]
+mod test_rng;
 mod time;
 mod tls;
 mod values;

@@ -60,13 +60,7 @@ mod tests {
     /// Same result as the standard library's stable sort, ties included, on many shapes.
     #[test]
     fn the_order_is_the_standard_stable_sorts() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
         for len in (0..40).chain([100, 257, 1000]) {
             for spread in [1, 3, 10, 1000] {
                 // (key, original position): equal keys must keep their positions' order.

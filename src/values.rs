@@ -260,13 +260,7 @@ mod tests {
     /// `decimal` is `str::parse::<f64>` on what `parse_duration` hands it.
     #[test]
     fn decimals_parse_as_std_parses_them() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
         let mut cases: Vec<String> = [
             "", ".", "..", "1.2.3", "0", "00", "5.", ".5", "0.1", "0.3", "1.5", "007.50",
             "9007199254740993", "9007199254740992.5", "9007199254740993.0000000000001",

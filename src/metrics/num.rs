@@ -9,17 +9,25 @@
 
 use std::fmt;
 
+/// What std writes for a NaN or an infinity; `None` for a finite `v`.
+fn non_finite(v: f64) -> Option<&'static str> {
+    if v.is_nan() {
+        Some("NaN")
+    } else if v.is_infinite() {
+        Some(if v < 0.0 { "-inf" } else { "inf" })
+    } else {
+        None
+    }
+}
+
 /// `format!("{}", v)` for an `f64`.
 pub struct Shortest(pub f64);
 
 impl fmt::Display for Shortest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = self.0;
-        if v.is_nan() {
-            return f.write_str("NaN");
-        }
-        if v.is_infinite() {
-            return f.write_str(if v < 0.0 { "-inf" } else { "inf" });
+        if let Some(text) = non_finite(v) {
+            return f.write_str(text);
         }
         // zmij writes `[-]D[.DDD][e[-]X]`: the digits and where the decimal point goes.
         let text = serde_json::Number::from_f64(v).map(|n| n.to_string()).unwrap_or_default();
@@ -121,11 +129,8 @@ pub struct Millis(pub f64);
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = self.0;
-        if v.is_nan() {
-            return f.write_str("NaN");
-        }
-        if v.is_infinite() {
-            return f.write_str(if v < 0.0 { "-inf" } else { "inf" });
+        if let Some(text) = non_finite(v) {
+            return f.write_str(text);
         }
         let (m, e) = parts(v);
         // n = v × 1000 rounded half to even, as decimal digits.
@@ -205,13 +210,7 @@ mod tests {
     use super::*;
 
     fn values() -> Vec<f64> {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
         let mut v = vec![
             0.0,
             -0.0,
