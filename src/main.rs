@@ -4,6 +4,7 @@
 
 mod alertmanager;
 mod auth;
+mod bignum;
 mod build;
 mod cli;
 mod commands;

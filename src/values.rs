@@ -99,7 +99,7 @@ fn decimal(num: &str) -> Option<f64> {
     // 53 bits, times 2^-s.
     let estimate = (digits.len() as i64 - k as i64 - 1) * 3_321_928_094 / 1_000_000_000;
     let s = 57 - estimate; // estimate may be 1 too high or low: Q keeps 55 to 62 bits
-    let mut n = BigUint::from_digits(&digits);
+    let mut n = crate::bignum::BigUint::from_digits(&digits);
     let mut sticky = false;
     if s >= 0 {
         for _ in 0..s {
@@ -139,69 +139,6 @@ fn decimal(num: &str) -> Option<f64> {
         exponent += step;
     }
     Some(value)
-}
-
-/// A non-negative integer in base 10^9 limbs, least significant first, for [`decimal`].
-struct BigUint(Vec<u64>);
-
-impl BigUint {
-    const BASE: u64 = 1_000_000_000;
-
-    fn from_digits(digits: &str) -> BigUint {
-        let mut n = BigUint(Vec::new());
-        for d in digits.bytes() {
-            n.mul_small(10);
-            n.add_small(u64::from(d - b'0'));
-        }
-        n
-    }
-
-    fn mul_small(&mut self, factor: u64) {
-        let mut carry = 0;
-        for limb in &mut self.0 {
-            let x = *limb * factor + carry;
-            *limb = x % Self::BASE;
-            carry = x / Self::BASE;
-        }
-        if carry > 0 {
-            self.0.push(carry);
-        }
-    }
-
-    fn add_small(&mut self, mut carry: u64) {
-        for limb in &mut self.0 {
-            let x = *limb + carry;
-            *limb = x % Self::BASE;
-            carry = x / Self::BASE;
-            if carry == 0 {
-                return;
-            }
-        }
-        if carry > 0 {
-            self.0.push(carry);
-        }
-    }
-
-    /// Divides in place (rounding down) and returns the remainder.
-    fn div_small(&mut self, divisor: u64) -> u64 {
-        let mut rem = 0;
-        for limb in self.0.iter_mut().rev() {
-            let x = rem * Self::BASE + *limb;
-            *limb = x / divisor;
-            rem = x % divisor;
-        }
-        while self.0.last() == Some(&0) {
-            self.0.pop();
-        }
-        rem
-    }
-
-    fn to_u64(&self) -> Option<u64> {
-        self.0
-            .iter()
-            .rev()
-            .try_fold(0u64, |acc, &limb| acc.checked_mul(Self::BASE)?.checked_add(limb))
-    }
 }
 
 /// `4096`, `64KiB`, `4MiB`, `1GiB` (also KB/MB/GB as powers of 1000).

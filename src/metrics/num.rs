@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use crate::bignum::BigUint;
+
 /// What std writes for a NaN or an infinity; `None` for a finite `v`.
 fn non_finite(v: f64) -> Option<&'static str> {
     if v.is_nan() {
@@ -86,9 +88,9 @@ impl fmt::Display for Shortest {
 fn exact_digits(v: f64) -> (String, i32) {
     let (m, e) = parts(v);
     // m × 2^e = m × 5^-e / 10^-e when e < 0.
-    let mut n = Decimal::from(u128::from(m));
+    let mut n = BigUint::from_u128(u128::from(m));
     for _ in 0..e.unsigned_abs() {
-        n.times(if e < 0 { 5 } else { 2 });
+        n.mul_small(if e < 0 { 5 } else { 2 });
     }
     let text = n.to_string();
     let digits = text.trim_start_matches('0');
@@ -135,9 +137,9 @@ impl fmt::Display for Millis {
         let (m, e) = parts(v);
         // n = v × 1000 rounded half to even, as decimal digits.
         let n = if e >= 0 {
-            let mut n = Decimal::from(u128::from(m) * 1000);
+            let mut n = BigUint::from_u128(u128::from(m) * 1000);
             for _ in 0..e {
-                n.times(2);
+                n.mul_small(2);
             }
             n.to_string()
         } else {
@@ -160,48 +162,6 @@ impl fmt::Display for Millis {
         let n = format!("{n:0>4}");
         let (whole, thousandths) = n.split_at(n.len() - 3);
         write!(f, "{whole}.{thousandths}")
-    }
-}
-
-/// A non-negative integer in base 10^9 limbs, least significant first: enough arithmetic
-/// for `m × 1000 × 2^e` and `m × 5^e` over f64's whole range.
-struct Decimal(Vec<u32>);
-
-impl Decimal {
-    const BASE: u64 = 1_000_000_000;
-
-    fn from(mut n: u128) -> Decimal {
-        let mut limbs = Vec::new();
-        while n > 0 {
-            limbs.push((n % u128::from(Self::BASE)) as u32);
-            n /= u128::from(Self::BASE);
-        }
-        Decimal(limbs)
-    }
-
-    fn times(&mut self, factor: u64) {
-        let mut carry = 0;
-        for limb in &mut self.0 {
-            let x = u64::from(*limb) * factor + carry;
-            *limb = (x % Self::BASE) as u32;
-            carry = x / Self::BASE;
-        }
-        if carry > 0 {
-            self.0.push(carry as u32);
-        }
-    }
-}
-
-impl fmt::Display for Decimal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut limbs = self.0.iter().rev();
-        match limbs.next() {
-            None => f.write_str("0"),
-            Some(top) => {
-                write!(f, "{top}")?;
-                limbs.try_for_each(|limb| write!(f, "{limb:09}"))
-            }
-        }
     }
 }
 
