@@ -295,13 +295,12 @@ fn main() {
                 for (i, b) in builds.iter_mut().enumerate() {
                     build_runs[i].push((false, wrk(b.dup.addr, &body, c, seconds, false)));
                     b.peak_kib = b.peak_kib.max(rss_kib(b.dup.child.id()));
-                    if let Some(new) = &b.new {
+                    if let Some(new) = b.new.take() {
                         build_runs[i].push((true, wrk(new.addr, &body, c, seconds, true)));
                         b.peak_kib = b.peak_kib.max(rss_kib(new.child.id()));
-                    }
-                    if b.new.is_some() {
                         // Its outbox now holds the run's alerts, waiting for WeCom's budget:
                         // a fresh relay for the next run, as if the storm had been told.
+                        drop(new);
                         b.new = Some(start_relay(&b.path, &new_relay_args(&url, &new_args)));
                     }
                 }
