@@ -8,10 +8,9 @@
 //! `rep movsq` and its tail; BENCHMARKS.md #18), where glibc's build pays a fraction of that.
 //!
 //! The optimised x86_64 musl build links with `-Wl,--wrap=memcpy` and sets `cfg(wrap_memcpy)`
-//! (`build.rs`, both or neither): every call to
-//! `memcpy`, ours, std's and musl's own, comes to `__wrap_memcpy` below, which copies up to
-//! 128 bytes with a fixed number of unaligned loads and stores and hands anything larger to
-//! musl's (`__real_memcpy`), unchanged. No loops: a copying loop could be turned back into a
+//! (`build.rs`, both or neither): every call to `memcpy`, ours, std's and musl's own, comes to
+//! `__wrap_memcpy` below, which copies up to 128 bytes with a fixed number of unaligned loads
+//! and stores and hands anything larger to musl's (`__real_memcpy`), unchanged. No loops: a copying loop could be turned back into a
 //! `memcpy` call by the compiler, which would come back here. The aarch64 musl `memcpy` is
 //! already written for small sizes, and glibc builds keep glibc's.
 

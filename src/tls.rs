@@ -28,8 +28,9 @@ pub fn install() {
 }
 
 /// rustls' *ring* provider (`rustls::crypto::ring::default_provider()`) without the
-/// ChaCha20-Poly1305 cipher suites, with a key provider that loads no keys. Built from the parts, not from `default_provider()`: a
-/// reference to that one keeps its key provider in the binary.
+/// ChaCha20-Poly1305 cipher suites, with a key provider that loads no keys. Built from the
+/// parts, not from `default_provider()`: a reference to that one keeps its key provider in
+/// the binary.
 pub fn provider() -> CryptoProvider {
     use ring_provider::{cipher_suite as cs, kx_group};
     CryptoProvider {
